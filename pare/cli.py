@@ -1,0 +1,144 @@
+"""The ``pare`` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pare.errors import PareError
+
+
+def _cmd_run(args) -> None:
+    from pare.recipes import load_recipe
+    from pare.recipes.runner import run
+    from pare.reporting import print_summary
+
+    recipe = load_recipe(args.recipe)
+    out = Path(args.out or Path("runs") / recipe.name)
+    results = run(recipe, out, resume=args.resume, overwrite=args.overwrite)
+    print_summary(results)
+    from pare.progress import console
+
+    console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'} ({out / 'report.md'})")
+
+
+def _cmd_recipes(args) -> None:
+    import yaml
+
+    from pare.recipes import builtin_recipes
+
+    for name, path in builtin_recipes().items():
+        description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        print(f"{name:20s} {description}")
+
+
+def _cmd_validate(args) -> None:
+    from pare.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    model = recipe.model.name or recipe.model.factory
+    stages = ", ".join(f"{s.name} ({s.technique})" for s in recipe.stages) or "none"
+    print(f"{args.recipe}: valid. data={recipe.data.source}, model={model}, stages: {stages}")
+
+
+def _cmd_lr_find(args) -> None:
+    from pare.data import make_splits
+    from pare.io import atomic_write_json
+    from pare.models import build_model
+    from pare.recipes import load_recipe
+    from pare.reporting.plots import lr_find_plot
+    from pare.training import lr_find
+
+    recipe = load_recipe(args.recipe)
+    split = make_splits(recipe.data, recipe.seed)[0]
+    model = build_model(recipe.model, split.input_shape, split.num_classes)
+    result = lr_find(model, split.train, recipe.train, steps=args.steps, seed=recipe.seed)
+    out = Path(args.out or Path("runs") / f"{recipe.name}-lr-find")
+    plot = lr_find_plot(result, out / "lr_find.png")
+    atomic_write_json(out / "lr_find.json", result)
+    suggestion = result["suggested_lr"]
+    print(
+        f"suggested learning rate: {suggestion:.3g}" if suggestion else "no clear suggestion (too few steps)"
+    )
+    print(f"plot: {plot}")
+
+
+def _cmd_report(args) -> None:
+    import json
+
+    from pare.reporting import print_summary, write_report
+
+    path = Path(args.dir) / "results.json"
+    if not path.exists():
+        raise PareError(f"{path} does not exist; give the --out folder of a finished `pare run`")
+    results = json.loads(path.read_text())
+    paths = write_report(results, args.dir)
+    print_summary(results)
+    print(f"report: {paths['html']}")
+
+
+def _cmd_techniques(args) -> None:
+    from pare.registry import techniques
+
+    found = techniques()
+    if not found:
+        print("no techniques registered yet")
+    for name, t in found.items():
+        print(f"{name:12s} {t.description.splitlines()[0] if t.description else ''}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pare", description="Compress neural networks and measure what it cost and bought."
+    )
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a recipe: baseline, stages, evaluation, report")
+    r.add_argument(
+        "recipe", nargs="?", default="default", help="YAML file or built-in name (default: %(default)s)"
+    )
+    r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    r.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
+    r.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    r.set_defaults(func=_cmd_run)
+
+    sub.add_parser("recipes", help="list the built-in recipes").set_defaults(func=_cmd_recipes)
+    sub.add_parser("techniques", help="list the registered techniques").set_defaults(func=_cmd_techniques)
+
+    v = sub.add_parser("validate", help="check a recipe and report every problem at once")
+    v.add_argument("recipe")
+    v.set_defaults(func=_cmd_validate)
+
+    f = sub.add_parser("lr-find", help="learning-rate range test with a plot")
+    f.add_argument("recipe", nargs="?", default="default")
+    f.add_argument("--out")
+    f.add_argument("--steps", type=int, default=100)
+    f.set_defaults(func=_cmd_lr_find)
+
+    rep = sub.add_parser("report", help="rebuild report.md/report.html from a run folder")
+    rep.add_argument("dir")
+    rep.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PareError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished stages are saved; continue with `pare run ... --resume`", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

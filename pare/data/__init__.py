@@ -1,0 +1,32 @@
+"""Datasets: built-in (scikit-learn, offline) and user files (CSV, NPZ, image folders)."""
+
+from pare.data.dataset import Dataset, Part, Split, kfold_splits, split_dataset
+from pare.data.loaders import BUILTIN, load_builtin, load_csv, load_image_folder, load_npz
+
+
+def load_dataset(cfg) -> Dataset:
+    """The dataset a recipe's ``data`` section names."""
+    if cfg.source in BUILTIN:
+        return load_builtin(cfg.source)
+    if cfg.source == "csv":
+        return load_csv(cfg.path, cfg.label_column)
+    if cfg.source == "npz":
+        return load_npz(cfg.path)
+    return load_image_folder(cfg.path, cfg.image_size, cfg.channels)
+
+
+def make_splits(cfg, seed: int) -> list[Split]:
+    """One split, or one per fold when ``cv_folds`` is set."""
+    ds = load_dataset(cfg)
+    if cfg.cv_folds:
+        return kfold_splits(
+            ds, folds=cfg.cv_folds, val=cfg.val_fraction, seed=seed, standardize=cfg.standardize
+        )
+    return [
+        split_dataset(
+            ds, val=cfg.val_fraction, test=cfg.test_fraction, seed=seed, standardize=cfg.standardize
+        )
+    ]
+
+
+__all__ = ["Dataset", "Part", "Split", "load_dataset", "make_splits", "split_dataset", "kfold_splits"]

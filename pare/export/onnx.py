@@ -1,0 +1,83 @@
+"""ONNX export (batch dimension left dynamic) and execution in ONNX Runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pare.cost.profile import latency_table
+from pare.errors import UnsupportedModelError
+from pare.io import atomic_write
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter logs every step and warns about optional packages; keep the terminal clean."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> int:
+    """Export ``model`` for inputs shaped like ``example``; returns the file's bytes."""
+    model.eval()
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        with _quiet():
+            torch.onnx.export(
+                model,
+                (example,),
+                tmp,
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                external_data=False,
+                verbose=False,
+            )
+
+    try:
+        atomic_write(path, write)
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"ONNX export failed for {type(model).__name__}: {type(e).__name__}: {e}"
+        ) from None
+    return path.stat().st_size
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session using as many threads as torch does, so timings compare."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_predict(session, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    outs = [
+        session.run(None, {name: X[i : i + batch_size].astype(np.float32)})[0]
+        for i in range(0, len(X), batch_size)
+    ]
+    return np.concatenate(outs)
+
+
+def onnx_latency(session, input_shape, batch_sizes, repeats: int = 50) -> dict:
+    name = session.get_inputs()[0].name
+    return latency_table(lambda x: session.run(None, {name: x.numpy()}), input_shape, batch_sizes, repeats)

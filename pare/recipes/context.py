@@ -1,0 +1,45 @@
+"""What a technique gets to work with while it runs as a stage."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from pare.data import Split
+from pare.evaluate import evaluate
+from pare.training import History, fit
+
+
+@dataclass
+class StageContext:
+    """Data, the trained baseline (a teacher for distillation), the recipe's training settings
+    and a place for extra files. ``fit`` and ``evaluate`` use validation data only: test data
+    is for the final measurement, never for a technique's choices."""
+
+    split: Split
+    baseline: nn.Module
+    train_config: object
+    seed: int
+    out_dir: Path
+    name: str
+
+    def fit(self, model: nn.Module, *, hooks=(), params=None, **overrides) -> History:
+        """Train with the recipe's settings, overridden by keyword (e.g. ``epochs=3, lr=1e-4``)."""
+        cfg = dataclasses.replace(self.train_config, **overrides)
+        return fit(
+            model,
+            self.split.train,
+            self.split.val,
+            cfg,
+            hooks=hooks,
+            seed=self.seed,
+            params=params,
+            description=self.name,
+        )
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation metrics (no intervals) for choices made inside a technique."""
+        return evaluate(model, self.split.val, self.split.classes, bootstrap=0).metrics

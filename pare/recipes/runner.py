@@ -1,0 +1,408 @@
+"""The stage loop behind ``pare run``: baseline, then each technique in order, each evaluated on
+the same test data and profiled the same way, with results written after every stage.
+
+Layout of an output folder::
+
+    results.json                  the contract (see README): recipe, task, one record per stage
+    report.md, report.html        the report; plots/*.png
+    stages/00-baseline/           model.safetensors, model.onnx, predictions.npz
+    stages/01-<name>/ ...
+
+Stages are chained: each starts from a copy of the previous stage's model, so the input model
+and every earlier artifact stay as they were. ``resume`` reuses finished stages whose recipe and
+configuration are unchanged and re-runs from the first one that differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pare
+from pare.config import to_dict
+from pare.cost import profile
+from pare.cost.machine import machine_info
+from pare.data import Split, make_splits
+from pare.errors import ConfigError, PareError
+from pare.evaluate import predict_proba, score, softmax
+from pare.export import export_onnx, load_weights_file, onnx_latency, onnx_predict, ort_session, save_weights
+from pare.io import atomic_write, atomic_write_json
+from pare.metrics import bootstrap_deltas, majority_accuracy
+from pare.models import build_model
+from pare.progress import console
+from pare.recipes.context import StageContext
+from pare.recipes.schema import Recipe, load_recipe
+from pare.registry import techniques
+from pare.training import fit, loss_and_accuracy
+
+RESULTS = "results.json"
+
+
+def run(
+    recipe: Recipe | str | Path | dict | None = None,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    report: bool = True,
+) -> dict:
+    """Run a recipe end to end; returns the results (also written to ``out/results.json``)."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    out = Path(out or Path("runs") / recipe.name)
+    previous = _previous_stages(out, recipe, resume=resume, overwrite=overwrite)
+    splits = make_splits(recipe.data, recipe.seed)
+    first = splits[0]
+    results = {
+        "pare_version": pare.__version__,
+        "recipe": recipe.to_dict(),
+        "seed": recipe.seed,
+        "task": {
+            "kind": "classification",
+            "dataset": first.name,
+            **first.sizes(),
+            "classes": first.classes,
+            "input_shape": list(first.input_shape),
+            "cv_folds": recipe.data.cv_folds,
+        },
+        "machine": machine_info(),
+        "stages": [],
+    }
+    console.print(
+        f"[bold]pare run[/] {recipe.name}: {first.name}, {first.num_classes} classes, "
+        f"{first.sizes()}{f', {len(splits)}-fold CV' if len(splits) > 1 else ''} -> {out}"
+    )
+    models: list[torch.nn.Module] = []
+    baselines: list[torch.nn.Module] = []
+    baseline_record = None
+    stage_list = [None, *recipe.stages]  # None is the baseline
+    for index, stage in enumerate(stage_list):
+        name = "baseline" if stage is None else stage.name
+        stage_dir = out / "stages" / f"{index:02d}-{name}"
+        reused = previous[index] if index < len(previous) else None
+        if reused is not None:
+            console.print(f"[dim]stage {name}: finished earlier, reusing {stage_dir}[/]")
+            models = [_restore(recipe, stage, models, s, stage_dir, reused, f) for f, s in enumerate(splits)]
+            record = reused
+        else:
+            previous = previous[:index]  # everything after a re-run stage is stale
+            console.print(f"[bold cyan]stage {index}: {name}[/]")
+            record, models = _run_stage(
+                recipe, stage, name, stage_dir, splits, models, baselines, baseline_record
+            )
+        if stage is None:
+            baselines, baseline_record = list(models), record
+        results["stages"].append(record)
+        atomic_write_json(out / RESULTS, results)
+    if report:
+        from pare.reporting import write_report
+
+        write_report(results, out)
+    return results
+
+
+def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseline_record):
+    if stage_dir.exists():  # a stale or interrupted attempt of this stage
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    technique = None if stage is None else techniques()[stage.technique]
+    new_models, evals, histories, infos, extras = [], [], [], [], []
+    for fold, split in enumerate(splits):
+        tag = f" (fold {fold + 1}/{len(splits)})" if len(splits) > 1 else ""
+        if stage is None:
+            model = build_model(recipe.model, split.input_shape, split.num_classes)
+            history = None
+            if recipe.train.epochs > 0:
+                history = fit(
+                    model,
+                    split.train,
+                    split.val,
+                    recipe.train,
+                    seed=recipe.seed + fold,
+                    description=f"train baseline{tag}",
+                )
+            info = {}
+            extras.append(_diagnose(model, split, recipe))
+        else:
+            ctx = StageContext(
+                split=split,
+                baseline=baselines[fold],
+                train_config=recipe.train,
+                seed=recipe.seed + fold,
+                out_dir=stage_dir,
+                name=f"{name}{tag}",
+            )
+            model, info = technique.apply(copy.deepcopy(models[fold]), stage.config, ctx)
+            info = dict(info or {})
+            history = info.pop("history", None)
+        model.eval()
+        weights = stage_dir / _weights_name(fold, len(splits))
+        save_weights(model, weights, metadata={"pare_version": pare.__version__, "stage": name})
+        new_models.append(model)
+        histories.append(history.to_dict() if hasattr(history, "to_dict") else history)
+        infos.append(info)
+        evals.append(_evaluate(model, split, recipe, stage_dir, fold, technique, stage, info))
+    _save_predictions(stage_dir, evals)
+    record = {
+        "name": name,
+        "technique": None if stage is None else stage.technique,
+        "config": None if stage is None else to_dict(stage.config),
+        **_aggregate(evals),
+        "cost": _cost(new_models[0], splits[0], recipe, stage_dir, evals[0]),
+        "artifact": None,
+        "seconds": time.perf_counter() - start,
+        "history": histories[0],
+        "info": infos[0],
+    }
+    record["artifact"] = str(Path("stages") / stage_dir.name / record["cost"].pop("artifact"))
+    if stage is None:
+        record["diagnosis"] = extras[0]
+    else:
+        record["comparison"] = compare(
+            record,
+            baseline_record,
+            evals,
+            _load_predictions(stage_dir.parent.parent, baseline_record),
+            recipe,
+        )
+    return record, new_models
+
+
+def _weights_name(fold: int, n_folds: int) -> str:
+    return "model.safetensors" if n_folds == 1 else f"model-fold{fold}.safetensors"
+
+
+def _evaluate(
+    model, split: Split, recipe: Recipe, stage_dir: Path, fold: int, technique, stage, info
+) -> dict:
+    """Test-set quality of what the stage ships: the torch model, or the technique's exported
+    artifact when it is meant to run elsewhere (e.g. an int8 ONNX graph in ONNX Runtime)."""
+    ev = recipe.evaluate
+    exported = None
+    if technique is not None and getattr(technique, "export", None) is not None:
+        exported = technique.export(model, stage.config, info, stage_dir, split.test.X[:1])
+    if exported and exported.get("runtime") == "onnxruntime":
+        proba = softmax(onnx_predict(ort_session(exported["artifact"]), split.test.X.numpy()))
+    else:
+        proba = predict_proba(model, split.test.X)
+    result = score(
+        split.test.y.numpy(),
+        proba,
+        split.classes,
+        bootstrap=ev.bootstrap,
+        confidence=ev.confidence,
+        seed=recipe.seed,
+    )
+    val = score(split.val.y.numpy(), predict_proba(model, split.val.X), split.classes, bootstrap=0)
+    return {
+        "metrics": result.metrics,
+        "val_metrics": val.metrics,
+        "details": result.details,
+        "y": result.y,
+        "proba": result.proba,
+        "exported": exported,
+    }
+
+
+def _aggregate(evals: list[dict]) -> dict:
+    first = evals[0]
+    out = {"metrics": first["metrics"], "val_metrics": first["val_metrics"], "details": first["details"]}
+    if len(evals) > 1:  # cross-validation: mean and spread of every metric over the folds
+        names = [k for k, v in first["metrics"].items() if isinstance(v, float)]
+        names = [k for k in names if all(k in e["metrics"] for e in evals)]
+        values = {k: np.array([e["metrics"][k] for e in evals]) for k in names}
+        out["metrics"] = {k: float(v.mean()) for k, v in values.items()}
+        out["metrics_std"] = {k: float(v.std(ddof=1)) for k, v in values.items()}
+        out["folds"] = [{k: e["metrics"][k] for k in names} for e in evals]
+        out["val_metrics"] = {
+            k: float(np.mean([e["val_metrics"][k] for e in evals]))
+            for k in first["val_metrics"]
+            if all(k in e["val_metrics"] for e in evals)
+        }
+    return out
+
+
+def _cost(model, split: Split, recipe: Recipe, stage_dir: Path, evaluation: dict) -> dict:
+    """Torch cost, plus the same model in ONNX Runtime side by side (fp32 export), and the
+    stage's own artifact when it ships one."""
+    ev = recipe.evaluate
+    example = split.test.X[:1]
+    cost = profile(model, example, batch_size=ev.latency_batch, repeats=ev.latency_repeats)
+    weights = stage_dir / _weights_name(0, 1 if not recipe.data.cv_folds else recipe.data.cv_folds)
+    files = {weights.name: weights.stat().st_size}
+    sizes = sorted({1, ev.latency_batch})
+    exported = evaluation.get("exported")
+    if exported and exported.get("runtime") == "onnxruntime":
+        onnx_path = Path(exported["artifact"])
+    elif ev.onnx:
+        onnx_path = stage_dir / "model.onnx"
+        try:
+            export_onnx(model, example, onnx_path)
+        except PareError as e:
+            console.print(f"[yellow]  ONNX Runtime timing skipped: {e}[/]")
+            cost["onnx_error"] = str(e)
+            onnx_path = None
+    else:
+        onnx_path = None
+    if onnx_path is not None:
+        session = ort_session(onnx_path)
+        files[onnx_path.name] = onnx_path.stat().st_size
+        cost["latency"]["onnxruntime"] = onnx_latency(session, split.input_shape, sizes, ev.latency_repeats)
+        ort_top1 = onnx_predict(session, split.test.X.numpy()).argmax(1)
+        cost["onnx_top1_agreement"] = float((ort_top1 == evaluation["proba"].argmax(1)).mean())
+    cost["files"] = files
+    if exported:
+        artifact = Path(exported["artifact"])
+        files.setdefault(artifact.name, artifact.stat().st_size)
+        cost["runtime"] = exported.get("runtime", "torch")
+        if cost["runtime"] == "onnxruntime":
+            ort = cost["latency"]["onnxruntime"]
+            cost["latency_ms_p50"] = ort["batch_1"]["p50"]
+            cost["latency_ms_p95"] = ort["batch_1"]["p95"]
+            cost["throughput_per_s"] = ort[f"batch_{sizes[-1]}"]["throughput_per_s"]
+    else:
+        artifact = weights
+    cost["size_bytes"] = files[artifact.name]
+    cost["artifact"] = artifact.name
+    return cost
+
+
+def _diagnose(model, split: Split, recipe: Recipe) -> dict:
+    """Over- and underfitting flags for the baseline, from eval-mode accuracy on each part.
+
+    Overfitting: training accuracy more than 5 points above validation. Underfitting:
+    validation accuracy closes less than half the gap between always predicting the majority
+    class and perfect accuracy.
+    """
+    train_loss, train_acc = loss_and_accuracy(model, split.train)
+    val_loss, val_acc = loss_and_accuracy(model, split.val)
+    majority = majority_accuracy(split.train.y.numpy(), split.val.y.numpy())
+    over = train_acc - val_acc > 0.05
+    under = val_acc < majority + 0.5 * (1 - majority)
+    notes = []
+    if over:
+        notes.append(
+            f"overfitting: train accuracy {train_acc:.3f} vs validation {val_acc:.3f}; "
+            f"try weight decay, dropout, fewer epochs or more data"
+        )
+    if under:
+        notes.append(
+            f"underfitting: validation accuracy {val_acc:.3f} is close to always predicting the "
+            f"majority class ({majority:.3f}); train longer, raise the learning rate or widen the model"
+        )
+    return {
+        "train_accuracy": train_acc,
+        "val_accuracy": val_acc,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "majority_accuracy": majority,
+        "overfitting": over,
+        "underfitting": under,
+        "notes": notes,
+    }
+
+
+def compare(
+    record: dict, baseline: dict, evals: list[dict], baseline_preds: list[dict], recipe: Recipe
+) -> dict:
+    """A stage against the baseline: metric deltas (paired bootstrap intervals on the same test
+    samples), and size, FLOPs and latency ratios (baseline / stage, same runtime and batch)."""
+    ev = recipe.evaluate
+    out: dict = {}
+    for k, v in record["metrics"].items():
+        if k in baseline["metrics"] and not k.endswith(("_ci95", f"_ci{round(ev.confidence * 100)}")):
+            if isinstance(v, float):
+                out[f"{k}_delta"] = v - baseline["metrics"][k]
+    if ev.bootstrap:
+        y = np.concatenate([e["y"] for e in evals])
+        proba = np.concatenate([e["proba"] for e in evals])
+        ref = np.concatenate([p["proba"] for p in baseline_preds])
+        deltas = bootstrap_deltas(
+            y, proba, ref, n_boot=ev.bootstrap, confidence=ev.confidence, seed=recipe.seed
+        )
+        out.update({k.replace("_ci", "_delta_ci", 1): v for k, v in deltas.items()})
+    cost, base = record["cost"], baseline["cost"]
+    out["size_ratio"] = base["size_bytes"] / cost["size_bytes"] if cost["size_bytes"] else None
+    out["params_ratio"] = base["params"] / cost["params"] if cost["params"] else None
+    out["flops_ratio"] = base["flops"] / cost["flops"] if cost["flops"] else None
+    runtime = cost["runtime"]
+    lat, base_lat = cost["latency"].get(runtime), base["latency"].get(runtime)
+    if lat and base_lat:
+        out["latency_runtime"] = runtime
+        for key in lat:
+            if key in base_lat:
+                out[f"latency_ratio_{key}"] = base_lat[key]["p50"] / lat[key]["p50"]
+        out["latency_ratio"] = out.get("latency_ratio_batch_1")
+    return out
+
+
+def _save_predictions(stage_dir: Path, evals: list[dict]) -> None:
+    arrays = {}
+    for i, e in enumerate(evals):
+        arrays[f"y_{i}"], arrays[f"proba_{i}"] = e["y"], e["proba"]
+    atomic_write(stage_dir / "predictions.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+
+def _load_predictions(out: Path, record: dict) -> list[dict]:
+    path = out / Path(record["artifact"]).parent / "predictions.npz"
+    with np.load(path) as f:
+        n = len([k for k in f.files if k.startswith("y_")])
+        return [{"y": f[f"y_{i}"], "proba": f[f"proba_{i}"]} for i in range(n)]
+
+
+def _restore(recipe, stage, models, split: Split, stage_dir: Path, record: dict, fold: int):
+    """Rebuild a finished stage's model (structure, then saved weights) for ``--resume``."""
+    if stage is None:
+        model = build_model(recipe.model, split.input_shape, split.num_classes)
+    else:
+        technique = techniques()[stage.technique]
+        model = copy.deepcopy(models[fold])
+        if technique.restore is not None:
+            model = technique.restore(model, stage.config, record.get("info") or {})
+    n_folds = recipe.data.cv_folds or 1
+    return load_weights_file(model, stage_dir / _weights_name(fold, n_folds)).eval()
+
+
+def _previous_stages(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> list[dict]:
+    """Finished stage records that ``--resume`` may reuse (the unchanged prefix)."""
+    path = out / RESULTS
+    if not path.exists():
+        return []
+    if not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"{out} already holds a run ({path}); pass --resume to continue it, --overwrite to replace it, "
+                f"or choose another --out"
+            )
+        shutil.rmtree(out / "stages", ignore_errors=True)
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PareError(f"cannot resume from {path}: {e}; run again with --overwrite") from None
+    new = recipe.to_dict()
+    same_setup = all(
+        old["recipe"].get(k) == new.get(k) for k in ("seed", "data", "model", "train", "evaluate")
+    )
+    if not same_setup:
+        console.print(
+            "[yellow]recipe's data/model/train/evaluate changed since the last run: running every stage again[/]"
+        )
+        return []
+    kept = []
+    for i, record in enumerate(old.get("stages", [])):
+        if i > 0 and (i > len(new["stages"]) or new["stages"][i - 1] != old["recipe"]["stages"][i - 1]):
+            break
+        stage_dir = out / Path(record["artifact"]).parent
+        n_folds = recipe.data.cv_folds or 1
+        if not all((stage_dir / _weights_name(f, n_folds)).exists() for f in range(n_folds)):
+            break
+        kept.append(record)
+    return kept

@@ -1,0 +1,196 @@
+"""The recipe: what data, which model, how to train, how to measure, and which stages to run.
+
+A recipe is YAML; ``load_recipe`` validates it completely and reports every problem at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pare.config import did_you_mean, from_dict, param, to_dict
+from pare.errors import ConfigError
+
+DataSource = Literal["digits", "breast_cancer", "wine", "iris", "csv", "npz", "image_folder"]
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = "digits"
+    path: str | None = None
+    label_column: str | None = None
+    image_size: tuple[int, int] | None = None
+    channels: Literal[1, 3] = 1
+    standardize: bool = True
+    val_fraction: float = param(0.15, gt=0, lt=0.5)
+    test_fraction: float = param(0.2, gt=0, lt=0.5)
+    cv_folds: int | None = param(None, ge=2, le=20)
+
+    def check(self) -> list[str]:
+        problems = []
+        files = ("csv", "npz", "image_folder")
+        if self.source in files and not self.path:
+            problems.append(f"data.path: source {self.source!r} needs a path to the file or folder")
+        if self.source not in files and self.path:
+            problems.append(
+                f"data.path: source {self.source!r} is built in and takes no path; set source: csv/npz/image_folder"
+            )
+        if self.source == "csv" and not self.label_column:
+            problems.append("data.label_column: a CSV source needs the name of its label column")
+        if self.image_size is not None and min(self.image_size) < 1:
+            problems.append(
+                f"data.image_size: {list(self.image_size)!r} must be two positive numbers [height, width]"
+            )
+        return problems
+
+
+@dataclass
+class ModelConfig:
+    name: str | None = None  # a zoo model ...
+    factory: str | None = None  # ... or "package.module:function" returning an nn.Module
+    args: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+    def check(self) -> list[str]:
+        if (self.name is None) == (self.factory is None):
+            return [
+                f"model: give exactly one of name (a zoo model) or factory ('package.module:function'); "
+                f"got name={self.name!r}, factory={self.factory!r}"
+            ]
+        return []
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = param(20, ge=0)
+    batch_size: int = param(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = param(3e-3, gt=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(0.0, ge=0)
+    schedule: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = param(10, ge=1)
+    gamma: float = param(0.1, gt=0, le=1)
+    patience: int | None = param(5, ge=1)  # early stopping on validation loss; null turns it off
+
+
+@dataclass
+class EvalConfig:
+    bootstrap: int = param(1000, ge=0)
+    confidence: float = param(0.95, gt=0, lt=1)
+    latency_batch: int = param(64, ge=1)
+    latency_repeats: int = param(50, ge=5)
+    onnx: bool = True
+
+
+@dataclass
+class StageConfig:
+    technique: str
+    name: str
+    config: Any  # the technique's own config object
+
+
+@dataclass
+class Recipe:
+    name: str = "unnamed"
+    description: str = ""
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="cnn"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = to_dict(self)
+        out["stages"] = [{"technique": s.technique, "name": s.name, **to_dict(s.config)} for s in self.stages]
+        return out
+
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+def builtin_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+
+
+def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
+    """Validate a whole recipe, collecting every problem (sections, stages, model options)."""
+    from pare.models import check_model_config
+    from pare.registry import techniques
+
+    TECHNIQUES = techniques()
+
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"a recipe is a mapping of sections (data, model, train, ...), got {data!r}", source
+        )
+    data = dict(data)
+    raw_stages = data.pop("stages", None) or []
+    problems: list[str] = []
+    recipe = None
+    try:
+        recipe = from_dict(Recipe, data)
+    except ConfigError as e:
+        problems.extend(e.problems)
+    if recipe is not None and not problems:
+        problems.extend(check_model_config(recipe.model))
+    stages = []
+    if not isinstance(raw_stages, list):
+        problems.append(f"stages: expected a list of stages, got {raw_stages!r}")
+        raw_stages = []
+    for i, raw in enumerate(raw_stages):
+        where = f"stages[{i}]"
+        if not isinstance(raw, dict) or "technique" not in raw:
+            problems.append(f"{where}: each stage is a mapping with a 'technique' key, got {raw!r}")
+            continue
+        raw = dict(raw)
+        technique = raw.pop("technique")
+        name = raw.pop("name", None) or f"{technique}-{i + 1}"
+        if technique not in TECHNIQUES:
+            known = ", ".join(TECHNIQUES) or "none registered"
+            problems.append(
+                f"{where}.technique: unknown technique {technique!r}{did_you_mean(technique, TECHNIQUES)}; known: {known}"
+            )
+            continue
+        try:
+            cfg = from_dict(TECHNIQUES[technique].config_cls, raw)
+        except ConfigError as e:
+            problems.extend(f"{where}.{p}" for p in e.problems)
+            continue
+        stages.append(StageConfig(technique=technique, name=str(name), config=cfg))
+    names = [s.name for s in stages]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"stages: the name {dup!r} is used more than once; stage names must be unique")
+    if "baseline" in names:
+        problems.append("stages: 'baseline' is reserved for the trained model every stage is compared with")
+    if problems:
+        raise ConfigError(problems, source)
+    recipe.stages = stages
+    return recipe
+
+
+def load_recipe(spec: str | Path | dict | None = None) -> Recipe:
+    """A recipe from a YAML file, a built-in name (see ``pare recipes``), a dict, or the default."""
+    if isinstance(spec, dict):
+        return recipe_from_dict(spec, "the recipe")
+    if spec is None:
+        spec = "default"
+    builtin = builtin_recipes()
+    path = Path(spec)
+    if not path.exists():
+        if str(spec) in builtin:
+            path = builtin[str(spec)]
+        else:
+            raise ConfigError(
+                f"no recipe file {str(spec)!r} and no built-in recipe of that name{did_you_mean(str(spec), builtin)}; "
+                f"built-in: {', '.join(builtin)}"
+            )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", str(path)) from None
+    return recipe_from_dict(data, str(path))

@@ -1,0 +1,56 @@
+"""Techniques register here once, by name; recipes name techniques, never import paths.
+
+A technique is a config dataclass plus ``apply(model, config, ctx) -> (model, info)``. It may
+also give ``restore(model, config, info) -> model``: the stage's module structure rebuilt from
+its ``info`` (for example a pruned shape), so that ``--resume`` can load the saved weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    config_cls: type
+    apply: Callable[[nn.Module, Any, Any], tuple[nn.Module, dict]]
+    restore: Callable[[nn.Module, Any, dict], nn.Module] | None = None
+    description: str = ""
+
+
+_REGISTRY: dict[str, Technique] = {}
+
+
+def register(name: str, config_cls: type, *, restore=None, description: str = ""):
+    """Decorator for a technique's ``apply`` function."""
+
+    def decorate(apply):
+        _REGISTRY[name] = Technique(
+            name, config_cls, apply, restore, description or (apply.__doc__ or "").strip()
+        )
+        return apply
+
+    return decorate
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def techniques() -> dict[str, Technique]:
+    """Every registered technique (the built-in ones are imported on first use)."""
+    import pare.techniques  # noqa: F401  (registers the built-in techniques)
+
+    return dict(_REGISTRY)
+
+
+def technique_for(config: Any) -> Technique:
+    for t in techniques().values():
+        if isinstance(config, t.config_cls):
+            return t
+    raise TypeError(f"no technique takes a config of type {type(config).__name__}")

@@ -1,0 +1,283 @@
+"""report.md and report.html from results.json and the stages' saved predictions.
+
+The report is built once as a list of blocks (headings, paragraphs, tables, figures) and
+rendered twice: Markdown that links the PNGs, and one self-contained HTML file with the PNGs
+embedded. ``pare report DIR`` rebuilds both from a finished run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+
+from pare.io import atomic_write_text
+from pare.metrics import roc_curves
+from pare.reporting import plots
+from pare.reporting.format import fmt_bytes, fmt_count, fmt_delta, fmt_metric, fmt_ms
+from pare.reporting.summary import HEADER, summary_rows
+
+
+def _predictions(out: Path, stage: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    path = out / Path(stage["artifact"]).parent / "predictions.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        return f["y_0"], f["proba_0"]
+
+
+def build(results: dict, out: Path) -> list[tuple]:
+    """Blocks: ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption)."""
+    plot_dir = out / "plots"
+    stages, task = results["stages"], results["task"]
+    base = stages[0]
+    classes = task["classes"]
+    m = results["machine"]
+    blocks: list[tuple] = [
+        ("h", 1, f"pare report: {results['recipe']['name']}"),
+        (
+            "p",
+            f"Dataset **{task['dataset']}** ({len(classes)} classes): {task['n_train']} train, {task['n_val']} "
+            f"validation, {task['n_test']} test samples"
+            + (
+                f"; {task['cv_folds']}-fold cross-validation (mean ± std over folds)"
+                if task.get("cv_folds")
+                else ""
+            )
+            + f". Seed {results['seed']}. pare {results['pare_version']}, torch {m['torch']}, "
+            f"ONNX Runtime {m['onnxruntime']}, {m['threads']} threads on {m['cpu']}.",
+        ),
+        ("h", 2, "Every stage against the baseline"),
+        (
+            "p",
+            "Quality on the test split with bootstrap 95 % intervals; Δ is the paired difference to the baseline "
+            "on the same samples. Ratios are baseline ÷ stage (higher is better). Latency is the median at "
+            "batch 1 in the stage's runtime.",
+        ),
+        ("table", HEADER, summary_rows(results)),
+    ]
+    # Quality against size
+    points = [(s["name"], s["cost"]["size_bytes"], s["metrics"]["accuracy"]) for s in stages]
+    blocks.append(
+        (
+            "img",
+            plots.pareto_plot(points, "accuracy", plot_dir / "pareto.png"),
+            "Accuracy against artifact size",
+        )
+    )
+
+    # Baseline training and diagnosis
+    blocks.append(("h", 2, "Training"))
+    histories = {s["name"]: s["history"] for s in stages if s.get("history") and s["history"].get("epochs")}
+    if histories:
+        blocks.append(("img", plots.training_curves(histories, plot_dir / "training.png"), "Training curves"))
+        h = base.get("history") or {}
+        if h.get("epochs"):
+            stop = "stopped early" if h.get("stopped_early") else "ran every epoch"
+            blocks.append(
+                (
+                    "p",
+                    f"Baseline: {len(h['epochs'])} epochs in {h['seconds']:.1f} s ({stop}); weights of "
+                    f"epoch {h.get('best_epoch')} kept (lowest validation loss).",
+                )
+            )
+    diag = base.get("diagnosis")
+    if diag:
+        verdict = "; ".join(diag["notes"]) or "no sign of over- or underfitting"
+        blocks.append(
+            (
+                "p",
+                f"Baseline diagnosis: train accuracy {diag['train_accuracy']:.4f}, validation "
+                f"{diag['val_accuracy']:.4f}, majority-class accuracy {diag['majority_accuracy']:.4f}: "
+                f"{verdict}.",
+            )
+        )
+
+    # Quality details
+    blocks.append(("h", 2, "Quality"))
+    metric_names = [
+        "accuracy",
+        "balanced_accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "f1_weighted",
+        "roc_auc",
+        "log_loss",
+    ]
+    if len(classes) == 2:
+        metric_names[2:2] = ["precision", "recall", "f1"]
+    rows = [
+        [s["name"]] + [fmt_metric(s["metrics"], k, std=s.get("metrics_std"), digits=4) for k in metric_names]
+        for s in stages
+    ]
+    blocks.append(("table", ["stage", *metric_names], rows))
+    if len(stages) > 1:
+        deltas = [
+            [s["name"]] + [fmt_delta(s.get("comparison", {}), k) for k in ("accuracy", "f1_macro", "roc_auc")]
+            for s in stages[1:]
+        ]
+        blocks.append(("table", ["stage", "Δ accuracy [95 % CI]", "Δ F1 macro", "Δ ROC AUC"], deltas))
+    curves = {}
+    for s in stages:
+        pred = _predictions(out, s)
+        if pred is not None:
+            curves[s["name"]] = roc_curves(pred[0], pred[1], classes)
+    if any(curves.values()):
+        blocks.append(("img", plots.roc_plot(curves, plot_dir / "roc.png"), "ROC curves (test split)"))
+    for s in (stages[0], stages[-1]) if len(stages) > 1 else (stages[0],):
+        cm = s.get("details", {}).get("confusion_matrix")
+        if cm:
+            path = plots.confusion_plot(
+                cm, classes, f"confusion: {s['name']}", plot_dir / f"confusion-{s['name']}.png"
+            )
+            blocks.append(("img", path, f"Confusion matrix of {s['name']}"))
+    per_class = base.get("details", {}).get("per_class", {})
+    if per_class:
+        rows = [
+            [c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+            for c, v in per_class.items()
+        ]
+        blocks.append(("p", "Baseline per class:"))
+        blocks.append(("table", ["class", "precision", "recall", "F1", "support"], rows))
+    if task.get("cv_folds"):
+        rows = [[s["name"], *[f"{f['accuracy']:.4f}" for f in s.get("folds", [])]] for s in stages]
+        blocks.append(("p", "Accuracy per fold:"))
+        blocks.append(("table", ["stage", *[f"fold {i + 1}" for i in range(task["cv_folds"])]], rows))
+
+    # Cost details
+    blocks.append(("h", 2, "Cost"))
+    rows = []
+    for s in stages:
+        c = s["cost"]
+        for runtime, table in c["latency"].items():
+            for batch, t in table.items():
+                rows.append(
+                    [
+                        s["name"],
+                        runtime,
+                        batch.replace("batch_", ""),
+                        fmt_ms(t["p50"]),
+                        fmt_ms(t["p95"]),
+                        f"{t['throughput_per_s']:.0f}/s",
+                    ]
+                )
+    blocks.append(("table", ["stage", "runtime", "batch", "p50", "p95", "throughput"], rows))
+    rows = [
+        [
+            s["name"],
+            fmt_count(s["cost"]["params"]),
+            fmt_count(s["cost"]["nonzero_params"]),
+            ", ".join(f"{k} {fmt_bytes(v)}" for k, v in s["cost"]["files"].items()),
+            fmt_count(s["cost"]["flops"]),
+            fmt_bytes(s["cost"]["peak_memory_bytes"]),
+            f"{s['cost']['onnx_top1_agreement']:.4f}" if "onnx_top1_agreement" in s["cost"] else "-",
+            f"{s['seconds']:.1f} s",
+        ]
+        for s in stages
+    ]
+    blocks.append(
+        (
+            "table",
+            [
+                "stage",
+                "params",
+                "non-zero",
+                "files on disk",
+                "FLOPs/sample",
+                "peak memory",
+                "ORT top-1 agreement",
+                "stage time",
+            ],
+            rows,
+        )
+    )
+    blocks.append(
+        (
+            "p",
+            f"Peak memory: tensor bytes (weights plus the largest set of live activations) of one "
+            f"forward pass at batch {base['cost']['batch_size']}. FLOPs count a multiply-add as 2, per "
+            f"sample. ORT top-1 agreement: share of test samples where the ONNX Runtime export and the "
+            f"torch model predict the same class.",
+        )
+    )
+    for s in stages[1:]:
+        if s.get("info"):
+            blocks.append(("h", 3, f"{s['name']} ({s['technique']})"))
+            blocks.append(
+                (
+                    "p",
+                    "`"
+                    + ", ".join(f"{k}={v}" for k, v in s["info"].items() if not isinstance(v, dict | list))
+                    + "`",
+                )
+            )
+    return blocks
+
+
+def render_markdown(blocks: list[tuple], out: Path) -> str:
+    lines = []
+    for b in blocks:
+        if b[0] == "h":
+            lines += ["#" * b[1] + " " + b[2], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "table":
+            lines.append("| " + " | ".join(b[1]) + " |")
+            lines.append("|" + "|".join("---" for _ in b[1]) + "|")
+            lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in b[2]]
+            lines.append("")
+        elif b[0] == "img":
+            lines += [f"![{b[2]}]({Path(b[1]).relative_to(out).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}
+figcaption{color:#666;font-size:12px}code{background:#f3f3f3;padding:1px 4px}"""
+
+
+def _inline(text: str) -> str:
+    # The only inline markup the report uses: **bold** and `code`.
+    text = html.escape(text)
+    parts = text.split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(blocks: list[tuple]) -> str:
+    body = []
+    for b in blocks:
+        if b[0] == "h":
+            body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2]
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif b[0] == "img":
+            data = base64.b64encode(Path(b[1]).read_bytes()).decode()
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}">'
+                f"<figcaption>{html.escape(b[2])}</figcaption></figure>"
+            )
+    title = html.escape(next((b[2] for b in blocks if b[0] == "h"), "pare report"))
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
+
+
+def write_report(results: dict, out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    blocks = build(results, out)
+    md = atomic_write_text(out / "report.md", render_markdown(blocks, out))
+    page = atomic_write_text(out / "report.html", render_html(blocks))
+    return {"markdown": md, "html": page}

@@ -1,0 +1,2 @@
+"""Compression techniques, one package each (config / apply / layers). Importing this package
+registers them. None ship yet: quantize, prune, distill, lowrank, share, lora and nas plug in here."""

@@ -1,0 +1,182 @@
+"""The one training loop: mini-batches, optimizer, schedule, early stopping, hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pare.data import Part
+from pare.errors import PareError
+from pare.progress import console, progress_bar
+from pare.seeding import seed_everything
+from pare.training.hooks import Hook, TrainState
+
+
+@dataclass
+class History:
+    """Per-epoch records (train/val loss and accuracy, learning rate, extra loss terms)."""
+
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+        }
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer, cfg, steps_per_epoch: int):
+    # Stepped once per batch so short runs still anneal smoothly.
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, cfg.epochs * steps_per_epoch)
+        )
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=cfg.step_size * steps_per_epoch, gamma=cfg.gamma
+        )
+    return None
+
+
+def batches(part: Part, batch_size: int, generator: torch.Generator | None = None):
+    """Mini-batches of an in-memory part; shuffled when a generator is given."""
+    n = len(part)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        yield part.X[idx], part.y[idx]
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: nn.Module, part: Part, batch_size: int = 512) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for x, y in batches(part, batch_size):
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return total_loss / len(part), correct / len(part)
+
+
+def fit(
+    model: nn.Module,
+    train: Part,
+    val: Part,
+    cfg,
+    *,
+    hooks: list[Hook] | tuple = (),
+    seed: int = 0,
+    description: str = "train",
+    params=None,
+) -> History:
+    """Train ``model`` in place with ``cfg`` (a TrainConfig); returns the history.
+
+    With ``cfg.patience`` set, training stops when validation loss has not improved for that
+    many epochs and the weights of the best epoch are restored. ``params`` restricts what the
+    optimizer updates (e.g. only adapters).
+    """
+    generator = seed_everything(seed)
+    optimizer = make_optimizer(
+        params if params is not None else [p for p in model.parameters() if p.requires_grad], cfg
+    )
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    state = TrainState(model=model, optimizer=optimizer, config=cfg)
+    history = History()
+    best_loss, best_state, bad_epochs = float("inf"), None, 0
+    start = time.perf_counter()
+    for h in hooks:
+        h.on_train_start(state)
+    with progress_bar(description, cfg.epochs) as bar:
+        for epoch in range(cfg.epochs):
+            state.epoch = epoch
+            model.train()
+            sums = {"loss": 0.0, "correct": 0, "n": 0}
+            term_sums: dict[str, float] = {}
+            for x, y in batches(train, cfg.batch_size, generator):
+                state.inputs, state.targets = x, y
+                for h in hooks:
+                    h.before_step(state)
+                with contextlib.ExitStack() as stack:
+                    for h in hooks:
+                        stack.enter_context(h.forward_context(state))
+                    state.outputs = model(state.inputs)
+                task_loss = F.cross_entropy(state.outputs, state.targets)
+                loss = task_loss
+                for h in hooks:
+                    for name, term in h.loss_terms(state).items():
+                        loss = loss + term
+                        term_sums[name] = term_sums.get(name, 0.0) + term.item() * len(y)
+                if not torch.isfinite(loss):
+                    raise PareError(
+                        f"{description}: the loss became {loss.item()} at epoch {epoch + 1}, step {state.step}; "
+                        f"lower train.lr (now {cfg.lr}) or check the data for extreme values"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                state.step += 1
+                for h in hooks:
+                    h.after_step(state)
+                sums["loss"] += task_loss.item() * len(y)
+                sums["correct"] += (state.outputs.argmax(1) == state.targets).sum().item()
+                sums["n"] += len(y)
+            val_loss, val_acc = loss_and_accuracy(model, val)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": sums["loss"] / sums["n"],
+                "train_accuracy": sums["correct"] / sums["n"],
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{k: v / sums["n"] for k, v in term_sums.items()},
+            }
+            history.epochs.append(record)
+            for h in hooks:
+                h.on_epoch_end(state, record)
+            bar.advance(1, loss=record["train_loss"], val_loss=val_loss, val_acc=val_acc)
+            if val_loss < best_loss - 1e-6:
+                best_loss, bad_epochs, history.best_epoch = val_loss, 0, epoch + 1
+                if cfg.patience:
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+                if cfg.patience and bad_epochs >= cfg.patience:
+                    history.stopped_early = True
+                    break
+    if best_state is not None and history.best_epoch != len(history.epochs):
+        model.load_state_dict(best_state)
+    for h in hooks:
+        h.on_train_end(state)
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    if history.epochs:
+        kept = history.epochs[(history.best_epoch or len(history.epochs)) - 1 if cfg.patience else -1]
+        stop = ", stopped early" if history.stopped_early else ""
+        console.print(
+            f"  {description}: {len(history.epochs)} epochs in {history.seconds:.1f}s{stop}; kept epoch "
+            f"{kept['epoch']}: val loss {kept['val_loss']:.4f}, val accuracy {kept['val_accuracy']:.4f}"
+        )
+    return history
