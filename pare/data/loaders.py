@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
@@ -36,10 +37,8 @@ def _existing(path: str | Path, what: str) -> Path:
 def _encode_labels(raw: list[str], source: str) -> tuple[np.ndarray, list[str]]:
     """Labels may be names or numbers; classes are sorted (numerically when all are numbers)."""
     uniq = sorted(set(raw))
-    try:
+    with contextlib.suppress(ValueError):  # not all numbers: keep the alphabetical order
         uniq = sorted(uniq, key=float)
-    except ValueError:
-        pass
     index = {c: i for i, c in enumerate(uniq)}
     return np.array([index[v] for v in raw], dtype=np.int64), uniq
 

@@ -317,9 +317,8 @@ def compare(
     ev = recipe.evaluate
     out: dict = {}
     for k, v in record["metrics"].items():
-        if k in baseline["metrics"] and not k.endswith(("_ci95", f"_ci{round(ev.confidence * 100)}")):
-            if isinstance(v, float):
-                out[f"{k}_delta"] = v - baseline["metrics"][k]
+        if isinstance(v, float) and isinstance(baseline["metrics"].get(k), float):
+            out[f"{k}_delta"] = v - baseline["metrics"][k]
     if ev.bootstrap:
         y = np.concatenate([e["y"] for e in evals])
         proba = np.concatenate([e["proba"] for e in evals])
@@ -347,7 +346,12 @@ def _save_predictions(stage_dir: Path, evals: list[dict]) -> None:
     arrays = {}
     for i, e in enumerate(evals):
         arrays[f"y_{i}"], arrays[f"proba_{i}"] = e["y"], e["proba"]
-    atomic_write(stage_dir / "predictions.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    atomic_write(stage_dir / "predictions.npz", lambda tmp: _savez(tmp, arrays))
+
+
+def _savez(path: str, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
+        np.savez(f, **arrays)
 
 
 def _load_predictions(out: Path, record: dict) -> list[dict]:

@@ -85,7 +85,7 @@ def pareto_plot(points: list[tuple[str, float, float]], metric: str, path: Path)
         ax.scatter(size, value, color=f"C{i}", zorder=3)
         ax.annotate(name, (size, value), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front, best = [], -np.inf
-    for name, size, value in sorted(points, key=lambda p: (p[1], -p[2])):
+    for _name, size, value in sorted(points, key=lambda p: (p[1], -p[2])):
         if value > best:
             front.append((size, value))
             best = value
