@@ -26,7 +26,7 @@ class Dataset:
     kind: str = "classification"
 
     def __post_init__(self):
-        check_arrays(self.X, self.y, self.name)
+        check_arrays(self.X, self.y, self.name, self.classes)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,7 +67,7 @@ class Split:
         return {"n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test)}
 
 
-def check_arrays(X: np.ndarray, y: np.ndarray, source: str) -> None:
+def check_arrays(X: np.ndarray, y: np.ndarray, source: str, classes: list[str] | None = None) -> None:
     """Reject what would silently train badly: NaN/inf, mismatched lengths, a single class."""
     if len(X) != len(y):
         raise DataError(f"{source}: {len(X)} samples but {len(y)} labels; they must match")
@@ -80,10 +80,11 @@ def check_arrays(X: np.ndarray, y: np.ndarray, source: str) -> None:
             f"{source}: {int(bad.sum())} NaN or infinite feature value(s), first at sample {int(where[0])}, "
             f"feature index {tuple(int(i) for i in where[1:])}; clean or impute them before training"
         )
-    classes = np.unique(y)
-    if len(classes) < 2:
+    present = np.unique(y)
+    if len(present) < 2:
+        label = classes[int(present[0])] if classes else present[0].item()
         raise DataError(
-            f"{source}: every sample has the label {classes[0]!r}; classification needs at least 2 classes"
+            f"{source}: every sample has the label {label!r}; classification needs at least 2 classes"
         )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -43,6 +45,8 @@ def resolve_factory(spec: str):
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UnsupportedModelError(f"{spec!r} is not of the form 'package.module:function'")
+    if os.getcwd() not in sys.path:  # like `python -m`: the user's own modules beside the recipe import
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

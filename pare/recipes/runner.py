@@ -39,6 +39,7 @@ from pare.progress import console
 from pare.recipes.context import StageContext
 from pare.recipes.schema import Recipe, load_recipe
 from pare.registry import techniques
+from pare.seeding import seed_everything
 from pare.training import fit, loss_and_accuracy
 
 RESULTS = "results.json"
@@ -117,6 +118,7 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseli
     for fold, split in enumerate(splits):
         tag = f" (fold {fold + 1}/{len(splits)})" if len(splits) > 1 else ""
         if stage is None:
+            seed_everything(recipe.seed + fold)  # weight initialisation is part of the seeded run
             model = build_model(recipe.model, split.input_shape, split.num_classes)
             history = None
             if recipe.train.epochs > 0:

@@ -136,8 +136,11 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
         recipe = from_dict(Recipe, data)
     except ConfigError as e:
         problems.extend(e.problems)
-    if recipe is not None and not problems:
-        problems.extend(check_model_config(recipe.model))
+    if isinstance(data.get("model"), dict):  # zoo names and options, even when other sections failed
+        try:
+            problems.extend(check_model_config(from_dict(ModelConfig, data["model"])))
+        except ConfigError:
+            pass  # already reported above
     stages = []
     if not isinstance(raw_stages, list):
         problems.append(f"stages: expected a list of stages, got {raw_stages!r}")

@@ -110,6 +110,7 @@ def fit(
     with progress_bar(description, cfg.epochs) as bar:
         for epoch in range(cfg.epochs):
             state.epoch = epoch
+            epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
             model.train()
             sums = {"loss": 0.0, "correct": 0, "n": 0}
             term_sums: dict[str, float] = {}
@@ -150,7 +151,7 @@ def fit(
                 "train_accuracy": sums["correct"] / sums["n"],
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": epoch_lr,
                 **{k: v / sums["n"] for k, v in term_sums.items()},
             }
             history.epochs.append(record)
