@@ -18,9 +18,7 @@ def _cmd_run(args) -> None:
     out = Path(args.out or Path("runs") / recipe.name)
     results = run(recipe, out, resume=args.resume, overwrite=args.overwrite)
     print_summary(results)
-    from pare.progress import console
-
-    console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'} ({out / 'report.md'})")
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'} ({out / 'report.md'})")
 
 
 def _cmd_recipes(args) -> None:

@@ -11,9 +11,15 @@ import contextlib
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True, highlight=False)
-if not console.is_terminal:  # logs and CI: wide enough that tables are not squeezed
-    console = Console(stderr=True, highlight=False, width=200)
+
+def make_console(stderr: bool) -> Console:
+    c = Console(stderr=stderr, highlight=False)
+    if not c.is_terminal:  # logs and CI: wide enough that tables are not squeezed
+        c = Console(stderr=stderr, highlight=False, width=200)
+    return c
+
+
+console = make_console(stderr=True)  # progress and log lines; results go to stdout
 
 
 class _Bar:

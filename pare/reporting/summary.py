@@ -51,7 +51,9 @@ def summary_rows(results: dict) -> list[list[str]]:
 def print_summary(results: dict) -> None:
     from rich.table import Table
 
-    from pare.progress import console
+    from pare.progress import make_console
+
+    console = make_console(stderr=False)  # made per call: stdout may have been redirected
 
     table = Table(title=f"pare: {results['recipe']['name']} on {results['task']['dataset']} (test split)")
     for h in HEADER:
