@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/pare run --out runs/default
+	$(VENV)/bin/pare run --out runs/default --overwrite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

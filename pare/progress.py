@@ -48,3 +48,13 @@ def progress_bar(description: str, total: int):
     )
     with Progress(*columns, console=console, transient=False) as progress:
         yield _Bar(progress, progress.add_task(description, total=total, info=""))
+
+
+@contextlib.contextmanager
+def status(message: str):
+    """A spinner for work without countable steps (evaluation, export, timing); a line in logs."""
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield

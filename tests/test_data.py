@@ -102,6 +102,12 @@ def test_csv_errors_name_file_line_column_and_fix(tmp_path):
         load_csv(tmp_path / "missing.csv", "label")
 
 
+def test_csv_with_one_class(tmp_path):
+    path = write_csv(tmp_path / "one.csv", [["a", "label"], [1, "yes"], [2, "yes"], [3, "yes"]])
+    with pytest.raises(DataError, match=r"one.csv: every sample has the label 'yes'; classification needs at least 2"):
+        load_csv(path, "label")
+
+
 def test_npz(tmp_path):
     np.savez(tmp_path / "ok.npz", X=np.random.rand(10, 4), y=np.arange(10) % 2)
     ds = load_npz(tmp_path / "ok.npz")

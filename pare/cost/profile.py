@@ -74,9 +74,11 @@ def profile(model: nn.Module, example: torch.Tensor, *, batch_size: int = 64, re
 
     latency = latency_table(run, input_shape, sizes, repeats)
     big = latency[f"batch_{sizes[-1]}"]
+    flops = count_flops(model, example[:1])
     return {
         **count_params(model),
-        "flops": count_flops(model, example[:1]),
+        "flops": flops,
+        "macs": flops // 2,
         "latency_ms_p50": latency["batch_1"]["p50"],
         "latency_ms_p95": latency["batch_1"]["p95"],
         "throughput_per_s": big["throughput_per_s"],

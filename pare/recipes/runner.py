@@ -35,7 +35,7 @@ from pare.export import export_onnx, load_weights_file, onnx_latency, onnx_predi
 from pare.io import atomic_write, atomic_write_json
 from pare.metrics import bootstrap_deltas, majority_accuracy
 from pare.models import build_model
-from pare.progress import console
+from pare.progress import console, status
 from pare.recipes.context import StageContext
 from pare.recipes.schema import Recipe, load_recipe
 from pare.registry import techniques
@@ -150,14 +150,17 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseli
         new_models.append(model)
         histories.append(history.to_dict() if hasattr(history, "to_dict") else history)
         infos.append(info)
-        evals.append(_evaluate(model, split, recipe, stage_dir, fold, technique, stage, info))
+        with status(f"evaluating {name}{tag} on {len(split.test)} test samples"):
+            evals.append(_evaluate(model, split, recipe, stage_dir, fold, technique, stage, info))
     _save_predictions(stage_dir, evals)
+    with status(f"measuring cost of {name}: FLOPs, memory, latency in torch and ONNX Runtime"):
+        cost = _cost(new_models[0], splits[0], recipe, stage_dir, evals[0])
     record = {
         "name": name,
         "technique": None if stage is None else stage.technique,
         "config": None if stage is None else to_dict(stage.config),
         **_aggregate(evals),
-        "cost": _cost(new_models[0], splits[0], recipe, stage_dir, evals[0]),
+        "cost": cost,
         "artifact": None,
         "seconds": time.perf_counter() - start,
         "history": histories[0],
