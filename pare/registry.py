@@ -2,7 +2,9 @@
 
 A technique is a config dataclass plus ``apply(model, config, ctx) -> (model, info)``. It may
 also give ``restore(model, config, info) -> model``: the stage's module structure rebuilt from
-its ``info`` (for example a pruned shape), so that ``--resume`` can load the saved weights.
+its ``info`` (for example a pruned shape), so that ``--resume`` can load the saved weights; and
+``export(model, config, info, stage_dir, example) -> {"artifact": path, "runtime": name}``: the
+file the stage ships, measured instead of plain safetensors weights (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -20,19 +22,19 @@ class Technique:
     config_cls: type
     apply: Callable[[nn.Module, Any, Any], tuple[nn.Module, dict]]
     restore: Callable[[nn.Module, Any, dict], nn.Module] | None = None
+    export: Callable[..., dict] | None = None
     description: str = ""
 
 
 _REGISTRY: dict[str, Technique] = {}
 
 
-def register(name: str, config_cls: type, *, restore=None, description: str = ""):
+def register(name: str, config_cls: type, *, restore=None, export=None, description: str = ""):
     """Decorator for a technique's ``apply`` function."""
 
     def decorate(apply):
-        _REGISTRY[name] = Technique(
-            name, config_cls, apply, restore, description or (apply.__doc__ or "").strip()
-        )
+        doc = description or (apply.__doc__ or "").strip()
+        _REGISTRY[name] = Technique(name, config_cls, apply, restore, export, doc)
         return apply
 
     return decorate

@@ -56,10 +56,13 @@ def select_layers(
     selected = {
         n: m
         for n, m in candidates.items()
-        if (include is None or any(matches(n, p) for p in include)) and not any(matches(n, p) for p in exclude)
+        if (include is None or any(matches(n, p) for p in include))
+        and not any(matches(n, p) for p in exclude)
     }
     if not selected:
-        raise ConfigError(f"{key}: no layer selected (include={include}, exclude={exclude}); layers: {_listing(candidates)}")
+        raise ConfigError(
+            f"{key}: no layer selected (include={include}, exclude={exclude}); layers: {_listing(candidates)}"
+        )
     return selected
 
 

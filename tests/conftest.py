@@ -54,11 +54,25 @@ def zero_smallest(model, config, ctx):
     return model, info
 
 
+@dataclass
+class ShipOnnxConfig:
+    """Change nothing; ship the model as an ONNX file run by ONNX Runtime."""
+
+
+def ship_onnx_export(model, config, info, stage_dir, example):
+    from pare.export import export_onnx
+
+    export_onnx(model, example, stage_dir / "shipped.onnx")
+    return {"artifact": stage_dir / "shipped.onnx", "runtime": "onnxruntime"}
+
+
 @pytest.fixture(autouse=True, scope="session")
 def test_technique():
     register("zero_smallest", ZeroSmallestConfig)(zero_smallest)
+    register("ship_onnx", ShipOnnxConfig, export=ship_onnx_export)(lambda model, config, ctx: (model, {}))
     yield
     unregister("zero_smallest")
+    unregister("ship_onnx")
 
 
 @pytest.fixture

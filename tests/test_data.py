@@ -104,7 +104,9 @@ def test_csv_errors_name_file_line_column_and_fix(tmp_path):
 
 def test_csv_with_one_class(tmp_path):
     path = write_csv(tmp_path / "one.csv", [["a", "label"], [1, "yes"], [2, "yes"], [3, "yes"]])
-    with pytest.raises(DataError, match=r"one.csv: every sample has the label 'yes'; classification needs at least 2"):
+    with pytest.raises(
+        DataError, match=r"one.csv: every sample has the label 'yes'; classification needs at least 2"
+    ):
         load_csv(path, "label")
 
 

@@ -1,5 +1,6 @@
 """End-to-end runs of the stage loop, with the test-only technique from conftest as a stage."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -70,6 +71,25 @@ def test_run_writes_results_report_and_compares_stages(tmp_path, fast_recipe):
         assert (tmp_path / "plots" / plot).stat().st_size > 1000
 
 
+def test_stage_shipping_an_onnx_artifact_is_measured_in_onnxruntime(tmp_path, fast_recipe):
+    results = pare.run(
+        fast_recipe(evaluate={"onnx": True}, stages=[{"technique": "ship_onnx", "name": "ort"}]),
+        tmp_path,
+        report=False,
+    )
+    base, ort = results["stages"]
+    cost = ort["cost"]
+    assert cost["runtime"] == "onnxruntime" and ort["artifact"].endswith("shipped.onnx")
+    assert cost["size_bytes"] == (tmp_path / ort["artifact"]).stat().st_size
+    assert cost["latency_ms_p50"] == cost["latency"]["onnxruntime"]["batch_1"]["p50"]
+    cmp = ort["comparison"]
+    assert cmp["latency_runtime"] == "onnxruntime"
+    expected = base["cost"]["latency"]["onnxruntime"]["batch_1"]["p50"] / cost["latency_ms_p50"]
+    assert cmp["latency_ratio"] == pytest.approx(expected)
+    # quality measured by running the shipped file: same model, so the same predictions
+    assert abs(cmp["accuracy_delta"]) <= 1 / 360
+
+
 def test_resume_skips_finished_stages_and_reruns_changed_ones(tmp_path, fast_recipe):
     stages = [
         {"technique": "zero_smallest", "name": "a", "fraction": 0.3},
@@ -103,7 +123,7 @@ def test_interrupted_run_keeps_finished_stages(tmp_path, fast_recipe):
     from pare.registry import _REGISTRY
 
     technique = _REGISTRY["zero_smallest"]
-    _REGISTRY["zero_smallest"] = type(technique)(technique.name, technique.config_cls, interrupt_b)
+    _REGISTRY["zero_smallest"] = dataclasses.replace(technique, apply=interrupt_b)
     try:
         with pytest.raises(KeyboardInterrupt):
             pare.run(fast_recipe(stages=stages), tmp_path, report=False)

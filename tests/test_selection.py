@@ -14,14 +14,23 @@ def resnet():
 
 def test_default_selects_every_linear_and_conv(resnet):
     names = list(select_layers(resnet))
-    assert names == ["stem.0", "blocks.0.conv1", "blocks.0.conv2", "blocks.1.conv1", "blocks.1.conv2",
-                     "blocks.1.shortcut.0", "head.2"]
+    assert names == [
+        "stem.0",
+        "blocks.0.conv1",
+        "blocks.0.conv2",
+        "blocks.1.conv1",
+        "blocks.1.conv2",
+        "blocks.1.shortcut.0",
+        "head.2",
+    ]
 
 
 def test_glob_regex_type_and_exclude(resnet):
     assert list(select_layers(resnet, include=["blocks.*.conv1"])) == ["blocks.0.conv1", "blocks.1.conv1"]
     assert list(select_layers(resnet, include=[r"re:blocks\.1\..*"], exclude=["*shortcut*"])) == [
-        "blocks.1.conv1", "blocks.1.conv2"]
+        "blocks.1.conv1",
+        "blocks.1.conv2",
+    ]
     assert list(select_layers(resnet, types=["Linear"])) == ["head.2"]
     assert list(select_layers(resnet, types=[nn.BatchNorm2d], include=["stem.*"])) == ["stem.1"]
 

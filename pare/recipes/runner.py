@@ -191,7 +191,7 @@ def _evaluate(
     artifact when it is meant to run elsewhere (e.g. an int8 ONNX graph in ONNX Runtime)."""
     ev = recipe.evaluate
     exported = None
-    if technique is not None and getattr(technique, "export", None) is not None:
+    if technique is not None and technique.export is not None:
         exported = technique.export(model, stage.config, info, stage_dir, split.test.X[:1])
     if exported and exported.get("runtime") == "onnxruntime":
         proba = softmax(onnx_predict(ort_session(exported["artifact"]), split.test.X.numpy()))
