@@ -79,26 +79,28 @@ def run(
         f"[bold]pare run[/] {recipe.name}: {first.name}, {first.num_classes} classes, "
         f"{first.sizes()}{f', {len(splits)}-fold CV' if len(splits) > 1 else ''} -> {out}"
     )
-    models: list[torch.nn.Module] = []
-    baselines: list[torch.nn.Module] = []
+    outputs: dict[str, list[torch.nn.Module]] = {}  # stage name -> its model per fold
     baseline_record = None
     stage_list = [None, *recipe.stages]  # None is the baseline
     for index, stage in enumerate(stage_list):
         name = "baseline" if stage is None else stage.name
         stage_dir = out / "stages" / f"{index:02d}-{name}"
+        # a stage starts from the previous stage's model, or from the one its `from` names
+        source = None if stage is None else outputs[stage.source or list(outputs)[-1]]
         reused = previous[index] if index < len(previous) else None
         if reused is not None:
             console.print(f"[dim]stage {name}: finished earlier, reusing {stage_dir}[/]")
-            models = [_restore(recipe, stage, models, s, stage_dir, reused, f) for f, s in enumerate(splits)]
+            models = [_restore(recipe, stage, source, s, stage_dir, reused, f) for f, s in enumerate(splits)]
             record = reused
         else:
             previous = previous[:index]  # everything after a re-run stage is stale
             console.print(f"[bold cyan]stage {index}: {name}[/]")
             record, models = _run_stage(
-                recipe, stage, name, stage_dir, splits, models, baselines, baseline_record
+                recipe, stage, name, stage_dir, splits, source, outputs.get("baseline"), baseline_record
             )
+        outputs[name] = models
         if stage is None:
-            baselines, baseline_record = list(models), record
+            baseline_record = record
         results["stages"].append(record)
         atomic_write_json(out / RESULTS, results)
     if report:

@@ -91,6 +91,7 @@ class StageConfig:
     technique: str
     name: str
     config: Any  # the technique's own config object
+    source: str | None = None  # `from:` the stage whose model this one starts from (default: the previous)
 
 
 @dataclass
@@ -106,7 +107,15 @@ class Recipe:
 
     def to_dict(self) -> dict:
         out = to_dict(self)
-        out["stages"] = [{"technique": s.technique, "name": s.name, **to_dict(s.config)} for s in self.stages]
+        out["stages"] = [
+            {
+                "technique": s.technique,
+                "name": s.name,
+                **({"from": s.source} if s.source else {}),
+                **to_dict(s.config),
+            }
+            for s in self.stages
+        ]
         return out
 
 
@@ -153,6 +162,13 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
         raw = dict(raw)
         technique = raw.pop("technique")
         name = raw.pop("name", None) or f"{technique}-{i + 1}"
+        start_from = raw.pop("from", None)
+        earlier = ["baseline", *(s.name for s in stages)]
+        if start_from is not None and start_from not in earlier:
+            problems.append(
+                f"{where}.from: {start_from!r} is not an earlier stage{did_you_mean(str(start_from), earlier)}; "
+                f"earlier stages: {', '.join(earlier)}"
+            )
         if technique not in TECHNIQUES:
             known = ", ".join(TECHNIQUES) or "none registered"
             problems.append(
@@ -164,7 +180,7 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
         except ConfigError as e:
             problems.extend(f"{where}.{p}" for p in e.problems)
             continue
-        stages.append(StageConfig(technique=technique, name=str(name), config=cfg))
+        stages.append(StageConfig(technique=technique, name=str(name), config=cfg, source=start_from))
     names = [s.name for s in stages]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"stages: the name {dup!r} is used more than once; stage names must be unique")

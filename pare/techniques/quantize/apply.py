@@ -1,0 +1,301 @@
+"""The ``quantize`` technique: choose layers, quantize, calibrate, fine-tune, and ship."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from pare.errors import DataError
+from pare.progress import console
+from pare.registry import register
+from pare.selection import layer_options, select_layers
+from pare.techniques.quantize import graph
+from pare.techniques.quantize.config import QuantizeConfig
+from pare.techniques.quantize.export import export_dynamic, export_qdq
+from pare.techniques.quantize.layers import QuantLayer, merge_all
+from pare.techniques.quantize.pack import save_packed
+from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
+
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def weight_spec(config: QuantizeConfig, overrides: dict | None = None) -> WeightSpec:
+    opts = {
+        "scheme": config.scheme,
+        "bits": config.weight_bits,
+        "symmetric": config.symmetric,
+        "granularity": config.granularity,
+        "group_size": config.group_size,
+    }
+    opts.update({k: v for k, v in (overrides or {}).items() if k != "skip"})
+    return WeightSpec(
+        frac_bits=config.frac_bits, range_method=config.weight_range, percentile=config.percentile, **opts
+    )
+
+
+def layer_specs(model: nn.Module, config: QuantizeConfig) -> tuple[dict[str, WeightSpec], list[dict]]:
+    """Specs for the selected layers (overrides applied, skipped ones dropped) and the layers
+    that hold weights but are of a type pare does not quantize."""
+    selected = select_layers(
+        model, include=config.layers, exclude=config.exclude, types=SUPPORTED, key="layers"
+    )
+    specs = {}
+    for name in selected:
+        opts = layer_options(name, {}, config.overrides)
+        if not opts.get("skip"):
+            specs[name] = weight_spec(config, opts)
+    unsupported = [
+        {"layer": n, "type": type(m).__name__}
+        for n, m in model.named_modules()
+        if n
+        and not isinstance(m, SUPPORTED)
+        and isinstance(getattr(m, "weight", None), nn.Parameter)
+        and not isinstance(m, nn.BatchNorm2d | nn.LayerNorm | nn.BatchNorm1d)
+    ]
+    return specs, unsupported
+
+
+def calibration_batches(ctx, config: QuantizeConfig, batch_size: int = 64):
+    """Calibration samples: a seeded draw from the training split, never from test."""
+    X = ctx.split.train.X
+    if len(X) < config.calibration_samples:
+        console.print(
+            f"[yellow]  quantize: only {len(X)} training samples for calibration "
+            f"(calibration_samples={config.calibration_samples}); ranges may be less reliable[/]"
+        )
+    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(ctx.seed))[
+        : config.calibration_samples
+    ]
+    sample = X[order]
+    if not torch.isfinite(sample).all():
+        raise DataError("quantize: calibration data contains NaN or infinite values; clean the training data")
+    return [sample[i : i + batch_size] for i in range(0, len(sample), batch_size)]
+
+
+def wrap_layers(model: nn.Module, specs: dict[str, WeightSpec], dynamic_bits: int | None = None) -> nn.Module:
+    for name, spec in specs.items():
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, QuantLayer(getattr(owner, child), spec, dynamic_bits=dynamic_bits))
+    return model
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+
+
+@torch.no_grad()
+def _val_accuracy(model, ctx) -> float:
+    return ctx.evaluate(model)["accuracy"]
+
+
+@torch.no_grad()
+def sensitivity(model: nn.Module, specs: dict[str, WeightSpec], bits: list[int], ctx) -> dict:
+    """Validation accuracy drop (points) when only one layer is quantized, per layer and width."""
+    base_acc = _val_accuracy(model, ctx)
+    out = {}
+    for name, spec in specs.items():
+        weight = model.get_submodule(name).weight
+        original = weight.detach().clone()
+        out[name] = {}
+        for b in bits:
+            weight.copy_(quantize_weight(original, dataclasses.replace(spec, bits=b)).dequantized)
+            out[name][b] = 100 * (base_acc - _val_accuracy(model, ctx))
+        weight.copy_(original)
+    return out
+
+
+def _bytes(numel: int, bits: int) -> int:
+    return math.ceil(numel * bits / 8)
+
+
+@torch.no_grad()
+def allocate_bits(model, specs, sens, mixed, ctx) -> dict[str, int]:
+    """Greedy: lower the width of whichever layer loses least accuracy per byte saved, until the
+    size budget is met, or while the measured drop of the whole model stays within max_drop."""
+    numel = {n: model.get_submodule(n).weight.numel() for n in specs}
+    widths = sorted(mixed.bits)
+    chosen = {n: widths[-1] for n in specs}
+    frozen: set[str] = set()
+    base_acc = _val_accuracy(model, ctx)
+    originals = {n: model.get_submodule(n).weight.detach().clone() for n in specs}
+
+    def apply(widths_now):
+        for n, b in widths_now.items():
+            model.get_submodule(n).weight.copy_(
+                quantize_weight(originals[n], dataclasses.replace(specs[n], bits=b)).dequantized
+            )
+
+    def size():
+        return sum(_bytes(numel[n], b) for n, b in chosen.items())
+
+    try:
+        while True:
+            if mixed.size_budget_bytes is not None and size() <= mixed.size_budget_bytes:
+                break
+            moves = []
+            for n, b in chosen.items():
+                lower = [w for w in widths if w < b]
+                if n in frozen or not lower:
+                    continue
+                nb = lower[-1]
+                cost = max(sens[n][nb] - sens[n][b], 0.0) + 1e-6
+                moves.append((cost / (_bytes(numel[n], b) - _bytes(numel[n], nb)), n, nb))
+            if not moves:
+                break
+            _, n, nb = min(moves)
+            previous = chosen[n]
+            chosen[n] = nb
+            if mixed.max_drop is not None:
+                apply(chosen)
+                if 100 * (base_acc - _val_accuracy(model, ctx)) > mixed.max_drop:
+                    chosen[n] = previous
+                    frozen.add(n)
+    finally:
+        for n, w in originals.items():
+            model.get_submodule(n).weight.copy_(w)
+    return chosen
+
+
+def quantize(model: nn.Module, config: QuantizeConfig, ctx):
+    """Quantize weights (and activations): schemes, ranges, static/dynamic/weight-only/QAT, mixed precision."""
+    specs, unsupported = layer_specs(model, config)
+    info: dict = {
+        "mode": config.mode,
+        "scheme": config.scheme,
+        "bits": config.weight_bits,
+        "runtime": "onnxruntime" if config.runs_in_onnxruntime else "torch",
+    }
+    if unsupported:
+        info["skipped_layers"] = unsupported
+        listed = ", ".join(f"{u['layer']} ({u['type']})" for u in unsupported)
+        console.print(f"[yellow]  quantize: skipping layers of unsupported types: {listed}[/]")
+    if config.mode in ("static", "qat", "dynamic"):
+        model = _fold(model, config)
+    sens = None
+    if config.sensitivity or config.mixed is not None:
+        widths = config.mixed.bits if config.mixed is not None else [2, 4, 8]
+        sens = sensitivity(model, specs, widths, ctx)
+        info["sensitivity"] = {n: {str(b): d for b, d in v.items()} for n, v in sens.items()}
+    if config.mixed is not None:
+        chosen = allocate_bits(model, specs, sens, config.mixed, ctx)
+        specs = {n: dataclasses.replace(s, bits=chosen[n]) for n, s in specs.items()}
+    if config.mode == "weight_only" or (config.mode == "qat" and config.weight_bits < 8):
+        model = wrap_layers(model, specs)
+        if config.mode == "qat":
+            info["history"] = _qat(model, config, ctx)
+    elif config.mode == "dynamic":
+        model = wrap_layers(model, specs, dynamic_bits=8)
+    else:  # static, or 8-bit QAT starting from the static ranges
+        model = graph.prepare_static(
+            model, specs, graph.observer_factory(config.range_method, config.percentile, config.momentum)
+        )
+        with torch.no_grad():
+            for batch in calibration_batches(ctx, config):
+                model(batch)
+        graph.finalize(model)
+        if config.mode == "qat":
+            info["history"] = _qat(model, config, ctx)
+        info["activations"] = {
+            f"act_quant_{i}": [q.scale, q.zero_point] for i, q in enumerate(graph.act_quants(model))
+        }
+    info["layers"] = _layer_table(model)
+    return model, info
+
+
+def _fold(model, config):
+    """Fold BatchNorm into convolutions before quantizing, as the exported graph will be."""
+    try:
+        return graph.trace(model, f"mode {config.mode!r}")
+    except Exception:
+        if config.mode == "dynamic":  # dynamic works on the plain module too
+            return model
+        raise
+
+
+def _qat(model, config, ctx):
+    layers = quant_layers(model).values()
+    for layer in layers:
+        layer.qat = True
+    history = ctx.fit(model, epochs=config.qat_epochs, lr=config.qat_lr, patience=None)
+    for layer in layers:
+        layer.qat = False
+        layer.refresh()
+    return history
+
+
+def _layer_table(model) -> list[dict]:
+    rows = []
+    for name, layer in quant_layers(model).items():
+        w = layer.base.weight.detach()
+        q = layer.weight_q
+        rows.append(
+            {
+                "layer": name,
+                "type": type(layer.base).__name__,
+                "params": w.numel(),
+                "scheme": layer.spec.scheme,
+                "bits": layer.quantized.bits,
+                "bytes": _bytes(w.numel(), layer.quantized.bits),
+                "rel_error": float((q - w).norm() / w.norm().clamp(min=1e-12)),
+            }
+        )
+    return rows
+
+
+def export(
+    model: nn.Module, config: QuantizeConfig, info: dict, stage_dir: Path, example: torch.Tensor
+) -> dict:
+    """The int8 ONNX graph (static, dynamic, 8-bit QAT) or pare's packed weights (the rest)."""
+    if config.mode == "dynamic":
+        merged = merge_all(_copy(model))
+        codes = {
+            f"{n}.weight": {
+                "codes": layer.quantized.codes.numpy(),
+                "scale": layer.quantized.params["scale"].numpy(),
+            }
+            for n, layer in quant_layers(model).items()
+        }
+        path = stage_dir / "model.int8-dynamic.onnx"
+        export_dynamic(merged, example, codes, path)
+        return {"artifact": path, "runtime": "onnxruntime"}
+    if config.runs_in_onnxruntime:
+        path = stage_dir / "model.int8.onnx"
+        export_qdq(model, example, path)
+        return {"artifact": path, "runtime": "onnxruntime"}
+    merged = merge_all(_copy(model))
+    packed = {f"{n}.weight": (layer.quantized, layer.spec) for n, layer in quant_layers(model).items()}
+    path = stage_dir / "model.packed.safetensors"
+    save_packed(merged, packed, path)
+    return {"artifact": path, "runtime": "torch"}
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def restore(model: nn.Module, config: QuantizeConfig, info: dict) -> nn.Module:
+    """Rebuild the quantized structure for ``--resume`` (weights are loaded afterwards)."""
+    specs, _ = layer_specs(model, config)
+    bits = {row["layer"]: row["bits"] for row in info.get("layers", [])}
+    specs = {n: dataclasses.replace(s, bits=bits.get(n, s.bits)) for n, s in specs.items()}
+    if config.mode in ("static", "qat", "dynamic"):
+        model = _fold(model, config)
+    if config.mode == "weight_only" or (config.mode == "qat" and config.weight_bits < 8):
+        return wrap_layers(model, specs)
+    if config.mode == "dynamic":
+        return wrap_layers(model, specs, dynamic_bits=8)
+    gm = graph.prepare_static(model, specs, graph.observer_factory("minmax", 99.99, 0.9))
+    for i, q in enumerate(graph.act_quants(gm)):
+        q.scale, q.zero_point = info["activations"][f"act_quant_{i}"]
+    graph.remove_redundant_relus(gm)
+    return gm
+
+
+register("quantize", QuantizeConfig, export=export, restore=restore)(quantize)

@@ -1,0 +1,118 @@
+"""Options of the ``quantize`` technique."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pare.config import param
+
+Scheme = Literal["affine", "pow2", "codebook", "fixed_point", "binary", "ternary", "fp16", "bf16"]
+DEFAULT_BITS = {"binary": 1, "ternary": 2, "fp16": 16, "bf16": 16}
+OVERRIDE_KEYS = {"bits", "scheme", "skip", "symmetric", "granularity", "group_size"}
+
+
+@dataclass
+class MixedPrecisionConfig:
+    """Per-layer bit widths chosen from measured sensitivity, under a size budget or a maximum
+    validation accuracy drop (in points)."""
+
+    bits: list[int] = field(default_factory=lambda: [2, 4, 8])
+    max_drop: float | None = param(None, ge=0)
+    size_budget_bytes: int | None = param(None, ge=1)
+
+    def check(self) -> list[str]:
+        problems = []
+        if (self.max_drop is None) == (self.size_budget_bytes is None):
+            problems.append("mixed: give exactly one of max_drop (accuracy points) or size_budget_bytes")
+        bad = [b for b in self.bits if not 2 <= b <= 8]
+        if bad or not self.bits:
+            problems.append(f"mixed.bits: {self.bits!r} must be a non-empty list of widths from 2 to 8")
+        return problems
+
+
+@dataclass
+class QuantizeConfig:
+    """Quantize weights (and activations) of Conv2d and Linear layers."""
+
+    mode: Literal["weight_only", "static", "dynamic", "qat"] = "static"
+    scheme: Scheme = "affine"
+    bits: int | None = (
+        None  # default: 8 (affine, pow2, codebook, fixed_point), 1 binary, 2 ternary, 16 fp16/bf16
+    )
+    symmetric: bool = True
+    granularity: Literal["per_tensor", "per_channel", "per_group"] = "per_channel"
+    group_size: int = param(32, ge=2)
+    frac_bits: int | None = param(None, ge=0)
+    weight_range: Literal["minmax", "mse", "percentile"] = "minmax"
+    range_method: Literal["minmax", "moving_average", "percentile", "mse", "entropy"] = "minmax"
+    percentile: float = param(99.99, gt=50, le=100)
+    momentum: float = param(0.9, ge=0, lt=1)
+    calibration_samples: int = param(512, ge=1)
+    layers: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    qat_epochs: int = param(3, ge=1)
+    qat_lr: float = param(1e-4, gt=0)
+    sensitivity: bool = False
+    mixed: MixedPrecisionConfig | None = None
+
+    @property
+    def weight_bits(self) -> int:
+        return self.bits if self.bits is not None else DEFAULT_BITS.get(self.scheme, 8)
+
+    @property
+    def runs_in_onnxruntime(self) -> bool:
+        """Static, dynamic and 8-bit QAT models ship as int8 ONNX graphs."""
+        return self.mode in ("static", "dynamic") or (self.mode == "qat" and self.weight_bits == 8)
+
+    def check(self) -> list[str]:
+        problems = []
+        b, s = self.weight_bits, self.scheme
+        if s in ("affine", "pow2", "codebook", "fixed_point") and not 2 <= b <= 8:
+            problems.append(f"bits: {b!r} is out of range for scheme {s!r}; use 2 to 8")
+        if s in DEFAULT_BITS and self.bits is not None and self.bits != DEFAULT_BITS[s]:
+            problems.append(
+                f"bits: scheme {s!r} is {DEFAULT_BITS[s]}-bit by definition; remove bits (got {self.bits!r})"
+            )
+        if s == "fixed_point" and self.frac_bits is not None and self.frac_bits > b - 1:
+            problems.append(
+                f"frac_bits: {self.frac_bits} leaves no sign bit in {b} bits; use at most {b - 1}"
+            )
+        if self.mode in ("static", "dynamic"):
+            if s != "affine" or b != 8:
+                problems.append(
+                    f"mode: {self.mode!r} runs in ONNX Runtime's int8 kernels and needs scheme 'affine' with 8 bits "
+                    f"(got scheme={s!r}, bits={b}); use mode: weight_only for other schemes and widths"
+                )
+            if not self.symmetric or self.granularity == "per_group":
+                problems.append(
+                    f"mode: {self.mode!r} uses symmetric per-channel or per-tensor int8 weights; "
+                    f"got symmetric={self.symmetric}, granularity={self.granularity!r}"
+                )
+        if self.mode == "qat" and s in ("codebook", "fp16", "bf16"):
+            problems.append(
+                f"mode: 'qat' cannot train through scheme {s!r}; use affine, pow2, fixed_point, binary or ternary"
+            )
+        if self.mixed is not None and self.mode != "weight_only":
+            problems.append(
+                f"mixed: mixed precision chooses sub-8-bit widths and needs mode: weight_only (got {self.mode!r})"
+            )
+        if self.mixed is not None and s != "affine":
+            problems.append(f"mixed: mixed precision uses the affine scheme (got {s!r})")
+        for pattern, opts in self.overrides.items():
+            if not isinstance(opts, dict):
+                problems.append(
+                    f"overrides.{pattern}: expected a mapping such as {{bits: 8}} or {{skip: true}}, got {opts!r}"
+                )
+                continue
+            unknown = set(opts) - OVERRIDE_KEYS
+            if unknown:
+                problems.append(
+                    f"overrides.{pattern}: unknown option(s) {sorted(unknown)}; valid: {sorted(OVERRIDE_KEYS)}"
+                )
+            if self.mode in ("static", "dynamic") and opts.get("bits", 8) != 8:
+                problems.append(
+                    f"overrides.{pattern}.bits: mode {self.mode!r} runs 8-bit only; use skip: true to keep a layer in float"
+                )
+        return problems

@@ -1,0 +1,182 @@
+"""What a quantized stage ships.
+
+- ``export_qdq``: the simulated static model as ONNX with QuantizeLinear/DequantizeLinear
+  carrying pare's scales and zero points; weights are stored as int8 initializers (one byte
+  each) behind a DequantizeLinear. ONNX Runtime fuses the pattern into int8 kernels.
+- ``export_dynamic``: the float graph with every quantized Conv/Gemm/MatMul replaced by
+  DynamicQuantizeLinear on the input, an int8 weight with pare's per-channel scales, and
+  ConvInteger/MatMulInteger followed by the float rescale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+from onnx import helper, numpy_helper
+
+from pare.errors import UnsupportedModelError
+from pare.export.onnx import _quiet
+from pare.io import atomic_write
+
+OPSET = 17
+
+
+class _Wrap(nn.Module):
+    # The TorchScript exporter mistakes a GraphModule's fx graph for its own; a plain parent hides it.
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def export_legacy(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    """TorchScript-based export: it writes fake-quant ops as QuantizeLinear/DequantizeLinear
+    (the torch.export-based exporter has no kernel for them)."""
+    import tempfile
+
+    model = _Wrap(model).eval()
+    with tempfile.TemporaryDirectory() as tmp, _quiet(), torch.no_grad():
+        path = Path(tmp) / "m.onnx"
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        except Exception as e:
+            raise UnsupportedModelError(
+                f"ONNX export of the quantized model failed: {type(e).__name__}: {e}"
+            ) from None
+        return onnx.load(str(path))
+
+
+def _constants(graph) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return values
+
+
+def weights_to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace QuantizeLinear(float weight) by the int8 weight itself: the file then stores one
+    byte per weight and ONNX Runtime sees the DequantizeLinear(int8 constant) it fuses."""
+    graph = model.graph
+    consts = _constants(graph)
+    inits = {i.name: i for i in graph.initializer}
+    keep = []
+    for node in graph.node:
+        src = node.input[0] if node.op_type == "QuantizeLinear" else None
+        if src in inits and inits[src].data_type == onnx.TensorProto.FLOAT:
+            w = consts[src]
+            scale, zero = consts[node.input[1]], consts[node.input[2]]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * w.ndim
+            if scale.ndim == 1 and scale.size > 1:
+                shape[axis] = -1
+            q = np.clip(np.rint(w / scale.reshape(shape)) + zero.reshape(shape).astype(np.float32), -128, 127)
+            graph.initializer.append(numpy_helper.from_array(q.astype(np.int8), node.output[0]))
+            continue
+        keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input}
+    for init in list(graph.initializer):
+        if init.name not in used and init.name not in {o.name for o in graph.output}:
+            graph.initializer.remove(init)
+    return model
+
+
+def export_qdq(sim: nn.Module, example: torch.Tensor, path: Path) -> int:
+    model = weights_to_int8(export_legacy(sim, example))
+    atomic_write(path, lambda tmp: onnx.save(model, tmp))
+    return Path(path).stat().st_size
+
+
+def export_dynamic(
+    float_model: nn.Module, example: torch.Tensor, weights: dict[str, dict], path: Path
+) -> int:
+    """``weights``: parameter name of each quantized weight -> {"codes" int8 (out, ...), "scale" (out,)}."""
+    model = export_legacy(float_model, example)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consts = _constants(graph)
+    nodes = []
+    counter = 0
+    for node in graph.node:
+        w_name = node.input[1] if len(node.input) > 1 else None
+        key = _param_key(w_name, weights)
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or key is None or w_name not in inits:
+            nodes.append(node)
+            continue
+        q = weights[key]
+        codes, scale = np.asarray(q["codes"], dtype=np.int8), np.asarray(q["scale"], dtype=np.float32)
+        p = f"pare_dq{counter}_"
+        counter += 1
+        x = node.input[0]
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [p + "xq", p + "xs", p + "xz"]))
+        out = node.output[0]
+        if node.op_type == "Conv":
+            graph.initializer.append(numpy_helper.from_array(codes, p + "w"))
+            graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.int8), p + "wz"))
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            nodes.append(
+                helper.make_node("ConvInteger", [p + "xq", p + "w", p + "xz", p + "wz"], [p + "acc"], **attrs)
+            )
+            rescale_shape = (1, -1, 1, 1)
+        else:
+            transposed = node.op_type == "Gemm" and any(
+                a.name == "transB" and a.i == 1 for a in node.attribute
+            )
+            # MatMulInteger takes B as (in, out); Linear stores (out, in)
+            b = codes.T if transposed or node.op_type == "Gemm" else codes
+            if node.op_type == "MatMul" and consts[w_name].shape != b.shape:
+                b = codes.T
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b), p + "w"))
+            graph.initializer.append(numpy_helper.from_array(np.zeros(b.shape[1], np.int8), p + "wz"))
+            nodes.append(
+                helper.make_node("MatMulInteger", [p + "xq", p + "w", p + "xz", p + "wz"], [p + "acc"])
+            )
+            rescale_shape = (-1,)
+        graph.initializer.append(numpy_helper.from_array(scale.reshape(rescale_shape), p + "ws"))
+        nodes.append(helper.make_node("Cast", [p + "acc"], [p + "accf"], to=onnx.TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [p + "xs", p + "ws"], [p + "s"]))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias is None:
+            nodes.append(helper.make_node("Mul", [p + "accf", p + "s"], [out]))
+        else:
+            nodes.append(helper.make_node("Mul", [p + "accf", p + "s"], [p + "scaled"]))
+            if node.op_type == "Conv":
+                b_arr = consts[bias].reshape(1, -1, 1, 1)
+                graph.initializer.append(numpy_helper.from_array(b_arr.astype(np.float32), p + "b"))
+                bias = p + "b"
+            nodes.append(helper.make_node("Add", [p + "scaled", bias], [out]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+    atomic_write(path, lambda tmp: onnx.save(model, tmp))
+    return Path(path).stat().st_size
+
+
+def _param_key(onnx_name: str | None, weights: dict) -> str | None:
+    """The exporter prefixes parameter names with the wrapper's attribute (``inner.``)."""
+    if onnx_name is None:
+        return None
+    for candidate in (onnx_name, onnx_name.removeprefix("inner.")):
+        if candidate in weights:
+            return candidate
+    return None

@@ -1,0 +1,126 @@
+"""Modules of a quantized model: weight-quantized Conv2d/Linear and activation fake-quant.
+
+``QuantLayer`` keeps the float layer as ``base`` and computes with its quantized weight; under
+quantization-aware training it re-quantizes ``base.weight`` on every forward with a
+straight-through gradient. ``merge()`` gives back a plain layer holding the dequantized weight.
+``ActQuant`` first observes activations (calibration), then fake-quantizes them to uint8 with
+the frozen range, through ``torch.fake_quantize_per_tensor_affine`` so that ONNX export writes
+QuantizeLinear/DequantizeLinear with exactly these scales.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pare.errors import PareError
+from pare.techniques.quantize.observers import Observer
+from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
+
+ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations: what ONNX Runtime's x86 int8 kernels take
+
+
+def act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
+    levels = 2**bits - 1
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-8) / levels
+    zero = int(round(-lo / scale))
+    return scale, max(0, min(levels, zero))
+
+
+class QuantLayer(nn.Module):
+    def __init__(self, base: nn.Module, spec: WeightSpec, *, dynamic_bits: int | None = None):
+        super().__init__()
+        self.base = base
+        self.spec = spec
+        self.dynamic_bits = dynamic_bits  # dynamic mode: inputs quantized per batch at run time
+        self.qat = False
+        self.refresh()
+        # weight_q is derived, not saved: recompute it whenever base weights are loaded
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh())
+
+    def refresh(self) -> None:
+        """Re-quantize from ``base.weight`` (after calibration or training changed it)."""
+        self.quantized = quantize_weight(self.base.weight, self.spec)
+        self.register_buffer("weight_q", self.quantized.dequantized.detach().clone(), persistent=False)
+
+    @property
+    def int8_affine(self) -> bool:
+        s = self.spec
+        return (
+            s.scheme == "affine"
+            and s.bits == 8
+            and s.symmetric
+            and s.granularity in ("per_channel", "per_tensor")
+        )
+
+    def current_weight(self) -> torch.Tensor:
+        if self.qat and self.training:
+            w = self.base.weight
+            return w + (quantize_weight(w, self.spec).dequantized - w).detach()  # straight-through
+        if self.int8_affine:
+            # Same numbers as weight_q, written as a fake-quant op so that ONNX export emits
+            # QuantizeLinear/DequantizeLinear with these scales (then stored as int8).
+            scale = self.quantized.params["scale"]
+            if self.spec.granularity == "per_tensor":
+                return torch.fake_quantize_per_tensor_affine(self.base.weight, float(scale[0]), 0, -128, 127)
+            zero = torch.zeros(len(scale), dtype=torch.int32)
+            return torch.fake_quantize_per_channel_affine(self.base.weight, scale.float(), zero, 0, -128, 127)
+        return self.weight_q
+
+    def forward(self, x):
+        if self.dynamic_bits:
+            lo, hi = x.detach().min().item(), x.detach().max().item()
+            scale, zero = act_qparams(lo, hi, self.dynamic_bits)
+            x = torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 2**self.dynamic_bits - 1)
+        w = self.current_weight()
+        b = self.base
+        if isinstance(b, nn.Conv2d):
+            return F.conv2d(x, w, b.bias, b.stride, b.padding, b.dilation, b.groups)
+        return F.linear(x, w, b.bias)
+
+    def merge(self) -> nn.Module:
+        plain = copy.deepcopy(self.base)
+        w = self.current_weight().detach()
+        if not torch.isfinite(w).all():
+            raise PareError(f"quantized weight of {type(self.base).__name__} is not finite; cannot merge")
+        plain.weight = nn.Parameter(w.clone())
+        return plain
+
+
+class ActQuant(nn.Module):
+    def __init__(self, observer: Observer, bits: int = 8):
+        super().__init__()
+        self.observer = observer
+        self.bits = bits
+        self.scale: float | None = None
+        self.zero_point: int | None = None
+
+    @property
+    def calibrating(self) -> bool:
+        return self.scale is None
+
+    def freeze(self) -> None:
+        self.scale, self.zero_point = act_qparams(*self.observer.range(self.bits), self.bits)
+
+    def forward(self, x):
+        if self.calibrating:
+            self.observer.update(x)
+            return x
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 2**self.bits - 1)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, zero_point={self.zero_point}"
+
+
+def merge_all(model: nn.Module) -> nn.Module:
+    """Replace every QuantLayer by its merged plain layer (activation quantizers stay)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, QuantLayer):
+            setattr(model, name, child.merge())
+        else:
+            merge_all(child)
+    return model

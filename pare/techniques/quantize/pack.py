@@ -1,0 +1,127 @@
+"""pare's packed weight format: quantized codes bit-packed at their real width.
+
+One safetensors file. Each quantized weight ``<name>`` is stored as ``<name>.codes`` (uint8,
+``bits`` bits per code, little-endian) plus its parameters (``<name>.scale``, ``.zero_point``,
+``.codebook``, ...); everything else is stored as is. The header metadata records, per layer,
+the scheme, bit width, shape and code offset, so ``load_packed`` can rebuild the dequantized
+weights into a model of the same architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from pare.io import atomic_write
+from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Non-negative integers < 2^bits, packed ``bits`` each into bytes."""
+    values = np.asarray(values, dtype=np.uint32).ravel()
+    if bits == 8:
+        return values.astype(np.uint8)
+    planes = ((values[:, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(np.uint8)
+    return np.packbits(planes.ravel(), bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    if bits == 8:
+        return packed[:count].astype(np.int64)
+    planes = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
+    return planes.astype(np.int64) @ (1 << np.arange(bits, dtype=np.int64))
+
+
+def dequantize(codes: torch.Tensor, params: dict[str, torch.Tensor], spec: WeightSpec, shape) -> torch.Tensor:
+    """Codes and parameters back to float weights: the inverse of each scheme in quantizers.py."""
+    s = spec.scheme
+    if s == "affine":
+        scale, zero = params["scale"], params["zero_point"]
+        rows = scale.numel()
+        c = codes.reshape(rows, -1).float()
+        return ((c - zero[:, None]) * scale[:, None]).reshape(shape)
+    if s == "pow2":
+        c = codes.reshape(shape[0], -1).float()
+        e = c.abs() - 1 + params["e_min"][:, None]
+        return torch.where(c == 0, torch.zeros_like(c), torch.sign(c) * 2**e).reshape(shape)
+    if s == "codebook":
+        return params["codebook"][codes.long()].reshape(shape)
+    if s == "fixed_point":
+        return (codes.float() * 2.0 ** -params["frac_bits"].float()).reshape(shape)
+    if s == "binary":
+        c = codes.reshape(shape[0], -1).float()
+        return ((c * 2 - 1) * params["scale"][:, None]).reshape(shape)
+    if s == "ternary":
+        return (codes.reshape(shape[0], -1).float() * params["scale"][:, None]).reshape(shape)
+    raise ValueError(f"unknown scheme {s!r}")
+
+
+def save_packed(
+    model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]], path: Path
+) -> int:
+    """``quantized``: parameter name of each quantized weight -> (its QuantizedWeight, spec)."""
+    tensors: dict[str, torch.Tensor] = {}
+    layers = {}
+    for name, value in model.state_dict().items():
+        if name not in quantized:
+            tensors[name] = value.detach().contiguous()
+            continue
+        qw, spec = quantized[name]
+        if qw.codes is None:  # fp16 / bf16: the low-precision tensor is the payload
+            tensors[name] = qw.params["weight"].contiguous()
+            layers[name] = {"scheme": spec.scheme, "bits": 16, "shape": list(value.shape)}
+            continue
+        offset = int(qw.codes.min())
+        stored = (qw.codes.to(torch.int64) - offset).numpy()
+        width = max(1, int(stored.max()).bit_length())
+        tensors[f"{name}.codes"] = torch.from_numpy(pack_bits(stored, width))
+        for key, p in qw.params.items():
+            tensors[f"{name}.{key}"] = (
+                p.detach().float().reshape(-1).contiguous() if p.dim() else p.float().reshape(1)
+            )
+        layers[name] = {
+            "scheme": spec.scheme,
+            "bits": width,
+            "offset": offset,
+            "shape": list(value.shape),
+            "count": int(qw.codes.numel()),
+            "spec": spec.__dict__,
+        }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"pare_packed": json.dumps(layers)}))
+    return Path(path).stat().st_size
+
+
+def load_packed(model: nn.Module, path: Path) -> nn.Module:
+    """Load a packed file into ``model`` (same architecture, plain layers) as float weights."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        layers = json.loads(f.metadata()["pare_packed"])
+    tensors = load_file(str(path))
+    state = {}
+    for name, value in model.state_dict().items():
+        info = layers.get(name)
+        if info is None:
+            state[name] = tensors[name]
+        elif info["bits"] == 16:
+            state[name] = tensors[name].to(value.dtype)
+        else:
+            spec = WeightSpec(**info["spec"])
+            codes = (
+                unpack_bits(tensors[f"{name}.codes"].numpy(), info["bits"], info["count"]) + info["offset"]
+            )
+            params = {
+                k.split(".")[-1]: v
+                for k, v in tensors.items()
+                if k.startswith(f"{name}.") and not k.endswith(".codes")
+            }
+            if "frac_bits" in params:
+                params["frac_bits"] = params["frac_bits"].reshape(())
+            state[name] = dequantize(torch.from_numpy(codes), params, spec, info["shape"]).to(value.dtype)
+    model.load_state_dict(state)
+    return model
