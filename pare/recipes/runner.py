@@ -86,7 +86,8 @@ def run(
         name = "baseline" if stage is None else stage.name
         stage_dir = out / "stages" / f"{index:02d}-{name}"
         # a stage starts from the previous stage's model, or from the one its `from` names
-        source = None if stage is None else outputs[stage.source or list(outputs)[-1]]
+        source_name = None if stage is None else stage.source or list(outputs)[-1]
+        source = None if stage is None else outputs[source_name]
         reused = previous[index] if index < len(previous) else None
         if reused is not None:
             console.print(f"[dim]stage {name}: finished earlier, reusing {stage_dir}[/]")
@@ -96,7 +97,15 @@ def run(
             previous = previous[:index]  # everything after a re-run stage is stale
             console.print(f"[bold cyan]stage {index}: {name}[/]")
             record, models = _run_stage(
-                recipe, stage, name, stage_dir, splits, source, outputs.get("baseline"), baseline_record
+                recipe,
+                stage,
+                name,
+                stage_dir,
+                splits,
+                source,
+                outputs.get("baseline"),
+                baseline_record,
+                source_name,
             )
         outputs[name] = models
         if stage is None:
@@ -110,7 +119,7 @@ def run(
     return results
 
 
-def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseline_record):
+def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseline_record, source_name=None):
     if stage_dir.exists():  # a stale or interrupted attempt of this stage
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
@@ -160,6 +169,7 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseli
     record = {
         "name": name,
         "technique": None if stage is None else stage.technique,
+        "from": None if stage is None else source_name,
         "config": None if stage is None else to_dict(stage.config),
         **_aggregate(evals),
         "cost": cost,
@@ -195,10 +205,10 @@ def _evaluate(
     exported = None
     if technique is not None and technique.export is not None:
         exported = technique.export(model, stage.config, info, stage_dir, split.test.X[:1])
+    torch_proba = predict_proba(model, split.test.X)  # for a quantized model: pare's simulation
+    proba = torch_proba
     if exported and exported.get("runtime") == "onnxruntime":
         proba = softmax(onnx_predict(ort_session(exported["artifact"]), split.test.X.numpy()))
-    else:
-        proba = predict_proba(model, split.test.X)
     result = score(
         split.test.y.numpy(),
         proba,
@@ -214,6 +224,7 @@ def _evaluate(
         "details": result.details,
         "y": result.y,
         "proba": result.proba,
+        "torch_proba": torch_proba,
         "exported": exported,
     }
 
@@ -263,7 +274,8 @@ def _cost(model, split: Split, recipe: Recipe, stage_dir: Path, evaluation: dict
         files[onnx_path.name] = onnx_path.stat().st_size
         cost["latency"]["onnxruntime"] = onnx_latency(session, split.input_shape, sizes, ev.latency_repeats)
         ort_top1 = onnx_predict(session, split.test.X.numpy()).argmax(1)
-        cost["onnx_top1_agreement"] = float((ort_top1 == evaluation["proba"].argmax(1)).mean())
+        # ONNX Runtime against the torch model (for quantized stages, pare's simulation of it)
+        cost["onnx_top1_agreement"] = float((ort_top1 == evaluation["torch_proba"].argmax(1)).mean())
     cost["files"] = files
     if exported:
         artifact = Path(exported["artifact"])

@@ -113,3 +113,21 @@ def lr_find_plot(result: dict, path: Path) -> Path:
     )
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
+
+
+def sensitivity_plot(sensitivity: dict[str, dict[str, float]], path: Path) -> Path:
+    """Grouped bars: per layer, the accuracy drop (points) at each bit width."""
+    layers = list(sensitivity)
+    widths = sorted({int(b) for v in sensitivity.values() for b in v})
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(layers) + 2), 3.8))
+    step = 0.8 / len(widths)
+    for j, b in enumerate(widths):
+        values = [sensitivity[n].get(str(b), np.nan) for n in layers]
+        ax.bar(np.arange(len(layers)) + j * step, values, width=step, label=f"{b} bits", color=f"C{j}")
+    ax.set_xticks(np.arange(len(layers)) + 0.4 - step / 2)
+    ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
+    ax.set(ylabel="accuracy drop (points)", title="per-layer sensitivity (validation)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)

@@ -203,17 +203,37 @@ def build(results: dict, out: Path) -> list[tuple]:
             f"torch model predict the same class.",
         )
     )
-    for s in stages[1:]:
-        if s.get("info"):
-            blocks.append(("h", 3, f"{s['name']} ({s['technique']})"))
-            blocks.append(
-                (
-                    "p",
-                    "`"
-                    + ", ".join(f"{k}={v}" for k, v in s["info"].items() if not isinstance(v, dict | list))
-                    + "`",
-                )
-            )
+    blocks.append(("h", 2, "What each stage did"))
+    for i, s in enumerate(stages[1:], start=1):
+        blocks += _stage_info_blocks(s, plot_dir / f"sensitivity-{i:02d}.png")
+    return blocks
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _stage_info_blocks(stage: dict, sensitivity_png: Path) -> list[tuple]:
+    """A technique's ``info``: settings in one line, each list of records as a table, and a
+    per-layer sensitivity plot when the technique measured one."""
+    info = stage.get("info") or {}
+    source = f", from {stage['from']}" if stage.get("from") else ""
+    blocks: list[tuple] = [("h", 3, f"{stage['name']} ({stage['technique']}{source})")]
+    scalars = [f"{k}={_cell(v)}" for k, v in info.items() if not isinstance(v, dict | list)]
+    if scalars:
+        blocks.append(("p", "`" + ", ".join(scalars) + "`"))
+    for key, value in info.items():
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            header = list(dict.fromkeys(k for r in value for k in r))
+            blocks.append(("p", f"{key.replace('_', ' ')}:"))
+            blocks.append(("table", header, [[_cell(r.get(h, "")) for h in header] for r in value]))
+    if info.get("sensitivity"):
+        path = plots.sensitivity_plot(info["sensitivity"], sensitivity_png)
+        blocks.append(
+            ("img", path, f"{stage['name']}: validation accuracy drop when only one layer is quantized")
+        )
     return blocks
 
 

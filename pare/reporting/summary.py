@@ -57,7 +57,7 @@ def print_summary(results: dict) -> None:
 
     table = Table(title=f"pare: {results['recipe']['name']} on {results['task']['dataset']} (test split)")
     for h in HEADER:
-        table.add_column(h, justify="left" if h in ("stage", "runtime") else "right")
+        table.add_column(h, justify="left" if h in ("stage", "runtime") else "right", no_wrap=True)
     for row in summary_rows(results):
         table.add_row(*row)
     console.print(table)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pare.errors import DataError
+from pare.errors import ConfigError, DataError
 from pare.progress import console
 from pare.registry import register
 from pare.selection import layer_options, select_layers
@@ -43,11 +43,20 @@ def layer_specs(model: nn.Module, config: QuantizeConfig) -> tuple[dict[str, Wei
     selected = select_layers(
         model, include=config.layers, exclude=config.exclude, types=SUPPORTED, key="layers"
     )
-    specs = {}
-    for name in selected:
+    specs, problems = {}, []
+    for name, layer in selected.items():
         opts = layer_options(name, {}, config.overrides)
-        if not opts.get("skip"):
-            specs[name] = weight_spec(config, opts)
+        if opts.get("skip"):
+            continue
+        specs[name] = spec = weight_spec(config, opts)
+        inputs = layer.weight[0].numel()
+        if spec.granularity == "per_group" and inputs % spec.group_size:
+            problems.append(
+                f"group_size: {spec.group_size} does not divide the {inputs} inputs per channel of layer "
+                f"{name!r}; choose a divisor or exclude the layer"
+            )
+    if problems:
+        raise ConfigError(problems)
     unsupported = [
         {"layer": n, "type": type(m).__name__}
         for n, m in model.named_modules()

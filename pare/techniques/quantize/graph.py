@@ -5,7 +5,7 @@ convolution, wraps the chosen Conv2d/Linear layers, and puts an activation quant
 model input and on the output of every computing node (convolution, linear, addition,
 concatenation, pooling to a vector). When a computing node feeds only a ReLU, the quantizer goes
 after the ReLU instead; once calibrated, that range starts at 0, so the quantizer's clamp is the
-ReLU and the ReLU is removed (``finalize``). This is the layout ONNX Runtime fuses into int8
+ReLU and the ReLU is removed (``finalize``). The model's output stays float. This is the layout ONNX Runtime fuses into int8
 kernels (QLinearConv, QLinearAdd, ...); pass-through ops (pooling, flatten) need no quantizer.
 """
 
@@ -70,8 +70,8 @@ def prepare_static(model: nn.Module, specs: dict, make_observer) -> fx.GraphModu
             point = node
         else:
             point = None
-        if point is None:
-            continue
+        if point is None or any(u.op == "output" for u in point.users):
+            continue  # the model's output (the logits) stays in float: clipping it would tie the top classes
         name = f"act_quant_{count}"
         count += 1
         gm.add_submodule(name, ActQuant(make_observer()))

@@ -97,7 +97,9 @@ def entropy_range(
     """Pick the clip threshold whose quantized histogram is closest (KL divergence) to the
     original. Works on magnitudes; a one-sided (e.g. post-ReLU) tensor keeps its lower end at 0."""
     one_sided = lo >= 0
-    mags = np.abs(values)
+    # Exact zeros (half of every post-ReLU tensor) are represented exactly whatever the range;
+    # left in, their spike dominates the divergence and pushes the threshold far too low.
+    mags = np.abs(values[values != 0])
     top = float(mags.max()) if len(mags) else 0.0
     if top == 0.0:
         return lo, hi
@@ -112,10 +114,10 @@ def entropy_range(
         # over the bins of the group that were non-empty
         groups = np.array_split(np.arange(i), levels)
         cand = np.zeros(i)
-        for g in groups:
-            nonzero = ref[g] > 0
+        for g in groups:  # built from the bins without the clipped mass, as TensorRT does
+            nonzero = hist[g] > 0
             if nonzero.any():
-                cand[g[nonzero]] = ref[g].sum() / nonzero.sum()
+                cand[g[nonzero]] = hist[g].sum() / nonzero.sum()
         p = ref / ref.sum()
         q = cand / max(cand.sum(), 1e-12)
         mask = p > 0
