@@ -1,13 +1,14 @@
 """Datasets: built-in (scikit-learn, offline) and user files (CSV, NPZ, image folders)."""
 
 from pare.data.dataset import Dataset, Part, Split, kfold_splits, split_dataset
-from pare.data.loaders import BUILTIN, load_builtin, load_csv, load_image_folder, load_npz
+from pare.data.loaders import BUILTIN, load_builtin, load_csv, load_image_folder, load_npz, resize_images
 
 
 def load_dataset(cfg) -> Dataset:
     """The dataset a recipe's ``data`` section names."""
     if cfg.source in BUILTIN:
-        return load_builtin(cfg.source)
+        ds = load_builtin(cfg.source)
+        return resize_images(ds, cfg.image_size) if cfg.image_size else ds
     if cfg.source == "csv":
         return load_csv(cfg.path, cfg.label_column)
     if cfg.source == "npz":

@@ -27,6 +27,17 @@ def load_builtin(name: str) -> Dataset:
     return Dataset(name=name, X=X, y=bunch.target.astype(np.int64), classes=classes)
 
 
+def resize_images(ds: Dataset, size: tuple[int, int]) -> Dataset:
+    """Bilinear resize of an image dataset (N, C, H, W), e.g. digits 8x8 -> 32x32."""
+    if ds.X.ndim != 4:
+        raise DataError(f"data.image_size: {ds.name!r} is not an image dataset (shape {ds.X.shape[1:]})")
+    import torch
+    import torch.nn.functional as F
+
+    X = F.interpolate(torch.from_numpy(ds.X), size=tuple(size), mode="bilinear", align_corners=False).numpy()
+    return Dataset(name=f"{ds.name}-{size[0]}x{size[1]}", X=X, y=ds.y, classes=ds.classes)
+
+
 def _existing(path: str | Path, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():

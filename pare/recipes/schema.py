@@ -22,7 +22,7 @@ class DataConfig:
     source: DataSource = "digits"
     path: str | None = None
     label_column: str | None = None
-    image_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None  # image_folder, or a built-in image set (digits): resize
     channels: Literal[1, 3] = 1
     standardize: bool = True
     val_fraction: float = param(0.15, gt=0, lt=0.5)

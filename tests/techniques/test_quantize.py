@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import pare
-from pare.errors import ConfigError, DataError
+from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.evaluate import predict_proba
 from pare.export import onnx_predict, ort_session
 from pare.recipes import recipe_from_dict
@@ -212,6 +212,12 @@ def test_nan_in_calibration_data_is_refused(digits_split, cnn):
 def test_config_errors_name_the_key(stage, message):
     with pytest.raises(ConfigError, match=message):
         recipe_from_dict({"stages": [{"technique": "quantize", **stage}]})
+
+
+def test_quantizing_twice_in_a_chain_is_explained(digits_split, mlp):
+    q, _ = pare.compress(mlp, QuantizeConfig(mode="weight_only"), digits_split)
+    with pytest.raises(UnsupportedModelError, match="already quantized by an earlier stage.*from: baseline"):
+        pare.compress(q, QuantizeConfig(mode="dynamic"), digits_split)
 
 
 def test_layer_patterns_that_match_nothing(digits_split, mlp):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -9,14 +10,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pare.errors import ConfigError, DataError
+from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.progress import console
 from pare.registry import register
 from pare.selection import layer_options, select_layers
 from pare.techniques.quantize import graph
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import export_dynamic, export_qdq
-from pare.techniques.quantize.layers import QuantLayer, merge_all
+from pare.techniques.quantize.layers import ActQuant, QuantLayer, merge_all
 from pare.techniques.quantize.pack import save_packed
 from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
 
@@ -172,6 +173,11 @@ def allocate_bits(model, specs, sens, mixed, ctx) -> dict[str, int]:
 
 def quantize(model: nn.Module, config: QuantizeConfig, ctx):
     """Quantize weights (and activations): schemes, ranges, static/dynamic/weight-only/QAT, mixed precision."""
+    if any(isinstance(m, QuantLayer | ActQuant) for m in model.modules()):
+        raise UnsupportedModelError(
+            f"{ctx.name}: this model was already quantized by an earlier stage; quantize once per chain, "
+            f"or start this stage from an unquantized one (e.g. `from: baseline`)"
+        )
     specs, unsupported = layer_specs(model, config)
     info: dict = {
         "mode": config.mode,
@@ -261,7 +267,7 @@ def export(
 ) -> dict:
     """The int8 ONNX graph (static, dynamic, 8-bit QAT) or pare's packed weights (the rest)."""
     if config.mode == "dynamic":
-        merged = merge_all(_copy(model))
+        merged = merge_all(copy.deepcopy(model))
         codes = {
             f"{n}.weight": {
                 "codes": layer.quantized.codes.numpy(),
@@ -276,17 +282,11 @@ def export(
         path = stage_dir / "model.int8.onnx"
         export_qdq(model, example, path)
         return {"artifact": path, "runtime": "onnxruntime"}
-    merged = merge_all(_copy(model))
+    merged = merge_all(copy.deepcopy(model))
     packed = {f"{n}.weight": (layer.quantized, layer.spec) for n, layer in quant_layers(model).items()}
     path = stage_dir / "model.packed.safetensors"
     save_packed(merged, packed, path)
     return {"artifact": path, "runtime": "torch"}
-
-
-def _copy(model):
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def restore(model: nn.Module, config: QuantizeConfig, info: dict) -> nn.Module:

@@ -98,8 +98,32 @@ def weights_to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def shorten_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rename internal tensors and nodes to short ids: the exporter's path-like names can take
+    more bytes than a small model's int8 weights."""
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i}"
+        node.doc_string = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    del graph.value_info[:]
+    model.doc_string = ""
+    return model
+
+
 def export_qdq(sim: nn.Module, example: torch.Tensor, path: Path) -> int:
-    model = weights_to_int8(export_legacy(sim, example))
+    model = shorten_names(weights_to_int8(export_legacy(sim, example)))
     atomic_write(path, lambda tmp: onnx.save(model, tmp))
     return Path(path).stat().st_size
 
@@ -168,6 +192,7 @@ def export_dynamic(
     for init in list(graph.initializer):
         if init.name not in used:
             graph.initializer.remove(init)
+    model = shorten_names(model)
     atomic_write(path, lambda tmp: onnx.save(model, tmp))
     return Path(path).stat().st_size
 

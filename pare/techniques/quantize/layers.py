@@ -58,9 +58,10 @@ class QuantLayer(nn.Module):
         )
 
     def current_weight(self) -> torch.Tensor:
-        if self.qat and self.training:
+        if self.qat:  # weights change every step: quantize them afresh
             w = self.base.weight
-            return w + (quantize_weight(w, self.spec).dequantized - w).detach()  # straight-through
+            q = quantize_weight(w, self.spec).dequantized
+            return w + (q - w).detach() if self.training else q  # straight-through gradient
         if self.int8_affine:
             # Same numbers as weight_q, written as a fake-quant op so that ONNX export emits
             # QuantizeLinear/DequantizeLinear with these scales (then stored as int8).

@@ -1,0 +1,82 @@
+"""Shared by the benchmarks: the JSON contract of DESIGN.md, a printed table, ratios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from pare.cost.machine import machine_info
+from pare.io import atomic_write_json
+
+
+def parse_args(name: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=f"pare benchmark: {name}")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer epochs and repeats; every target still computed"
+    )
+    p.add_argument("--out", default=f"benchmarks/results/{name}.json", help="where to write the JSON")
+    return p.parse_args()
+
+
+def row(
+    name, model, tool, metrics, size_bytes, base_bytes, runtime, latency, base_latency, seconds, **extra
+) -> dict:
+    """One row of the contract. ``latency``/``base_latency``: {"batch_1": ms, "batch_64": ms} in
+    ``runtime``; ratios are against the fp32 baseline in the same runtime, measured in this run."""
+    out = {
+        "name": name,
+        "model": model,
+        "tool": tool,
+        "metrics": metrics,
+        "size_bytes": int(size_bytes),
+        "size_ratio": base_bytes / size_bytes,
+        "runtime": runtime,
+        "latency_ms": {"torch": None, "onnxruntime": None, runtime: latency["batch_64"]},
+        "latency_ms_by_batch": {runtime: latency},
+        "seconds": seconds,
+    }
+    for batch, ms in latency.items():
+        out[f"latency_ratio_{batch}"] = base_latency[batch] / ms
+    out["latency_ratio"] = out["latency_ratio_batch_64"]
+    out.update(extra)
+    return out
+
+
+def target(name: str, goal: str, value: float, met: bool) -> dict:
+    return {"name": name, "goal": goal, "value": float(value), "met": bool(met)}
+
+
+def write(
+    name: str, path: str | Path, rows: list[dict], targets: list[dict], started: float, **extra
+) -> dict:
+    result = {
+        "benchmark": name,
+        "machine": machine_info(),
+        "rows": rows,
+        "targets": targets,
+        "seconds": time.perf_counter() - started,
+        **extra,
+    }
+    atomic_write_json(path, result)
+    return result
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, callable]]) -> None:
+    cells = [[h for h, _ in columns]] + [[fn(r) for _, fn in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    for j, line in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def print_targets(targets: list[dict]) -> None:
+    print()
+    for t in targets:
+        print(f"[{'met' if t['met'] else 'MISSED'}] {t['name']}: {t['goal']} (value {t['value']:.3f})")
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=2)
