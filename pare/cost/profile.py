@@ -83,6 +83,7 @@ def profile(model: nn.Module, example: torch.Tensor, *, batch_size: int = 64, re
         "latency_ms_p95": latency["batch_1"]["p95"],
         "throughput_per_s": big["throughput_per_s"],
         "peak_memory_bytes": peak_inference_memory(model, torch.randn(sizes[-1], *input_shape)),
+        "peak_memory_runtime": "torch",
         "latency": {"torch": latency},
         "batch_size": sizes[-1],
         "threads": torch.get_num_threads(),

@@ -198,9 +198,11 @@ def build(results: dict, out: Path) -> list[tuple]:
         (
             "p",
             f"Peak memory: tensor bytes (weights plus the largest set of live activations) of one "
-            f"forward pass at batch {base['cost']['batch_size']}. FLOPs count a multiply-add as 2, per "
-            f"sample. ORT top-1 agreement: share of test samples where the ONNX Runtime export and the "
-            f"torch model predict the same class.",
+            f"torch forward pass at batch {base['cost']['batch_size']}; for stages that ship to ONNX "
+            f"Runtime it is measured on pare's torch simulation, and their torch latency rows time that "
+            f"simulation, not a deployment. FLOPs count a multiply-add as 2, per sample. ORT top-1 "
+            f"agreement: share of test samples where ONNX Runtime and the torch model (for quantized "
+            f"stages, pare's simulation of it) predict the same class.",
         )
     )
     blocks.append(("h", 2, "What each stage did"))

@@ -190,6 +190,13 @@ def test_unsupported_layers_are_skipped_and_listed(digits_split):
     assert [r["layer"] for r in info["layers"]] == ["head"]
 
 
+def test_too_few_calibration_samples_warns(digits_split, cnn):
+    with pytest.warns(
+        UserWarning, match=r"only 1167 training samples for calibration \(calibration_samples=5000\)"
+    ):
+        pare.compress(cnn, QuantizeConfig(mode="static", calibration_samples=5000), digits_split)
+
+
 def test_nan_in_calibration_data_is_refused(digits_split, cnn):
     bad = copy.deepcopy(digits_split)
     bad.train.X[::5, 0, 0, 0] = float("nan")  # some will be drawn for calibration

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from pare.selection import layer_options, select_layers
 from pare.techniques.quantize import graph
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import export_dynamic, export_qdq
-from pare.techniques.quantize.layers import ActQuant, QuantLayer, merge_all
+from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
 from pare.techniques.quantize.pack import save_packed
 from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
 
@@ -73,9 +74,10 @@ def calibration_batches(ctx, config: QuantizeConfig, batch_size: int = 64):
     """Calibration samples: a seeded draw from the training split, never from test."""
     X = ctx.split.train.X
     if len(X) < config.calibration_samples:
-        console.print(
-            f"[yellow]  quantize: only {len(X)} training samples for calibration "
-            f"(calibration_samples={config.calibration_samples}); ranges may be less reliable[/]"
+        warnings.warn(
+            f"quantize: only {len(X)} training samples for calibration (calibration_samples="
+            f"{config.calibration_samples}); activation ranges may be less reliable",
+            stacklevel=2,
         )
     order = torch.randperm(len(X), generator=torch.Generator().manual_seed(ctx.seed))[
         : config.calibration_samples
@@ -233,14 +235,7 @@ def _fold(model, config):
 
 
 def _qat(model, config, ctx):
-    layers = quant_layers(model).values()
-    for layer in layers:
-        layer.qat = True
-    history = ctx.fit(model, epochs=config.qat_epochs, lr=config.qat_lr, patience=None)
-    for layer in layers:
-        layer.qat = False
-        layer.refresh()
-    return history
+    return ctx.fit(model, hooks=[QATHook()], epochs=config.qat_epochs, lr=config.qat_lr, patience=None)
 
 
 def _layer_table(model) -> list[dict]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pare.errors import PareError
 from pare.techniques.quantize.observers import Observer
 from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
+from pare.training.hooks import Hook
 
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations: what ONNX Runtime's x86 int8 kernels take
 
@@ -125,3 +126,21 @@ def merge_all(model: nn.Module) -> nn.Module:
         else:
             merge_all(child)
     return model
+
+
+class QATHook(Hook):
+    """Quantization-aware training through the training loop's hooks: while training, every
+    QuantLayer re-quantizes its float weights on each forward with a straight-through gradient
+    (activation quantizers keep their post-training ranges); at the end the trained weights are
+    quantized once more and frozen."""
+
+    def on_train_start(self, state) -> None:
+        for m in state.model.modules():
+            if isinstance(m, QuantLayer):
+                m.qat = True
+
+    def on_train_end(self, state) -> None:
+        for m in state.model.modules():
+            if isinstance(m, QuantLayer):
+                m.qat = False
+                m.refresh()
