@@ -1,0 +1,288 @@
+"""The ``prune`` technique: score, remove (in steps), fine-tune, and record what was reached."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from pare.cost import count_flops, count_params
+from pare.registry import register
+from pare.selection import select_layers
+from pare.techniques.prune import criteria
+from pare.techniques.prune.config import PruneConfig
+from pare.techniques.prune.dependency import trace
+from pare.techniques.prune.structured import channel_groups, reshape, shapes, shrink
+from pare.techniques.prune.unstructured import (
+    KeepMasks,
+    SparsityPenalty,
+    n_m_masks,
+    save_sparse,
+    threshold_masks,
+)
+from pare.training import batches
+
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def schedule(step: int, steps: int, amount: float, kind: str) -> float:
+    """The fraction removed after ``step`` of ``steps``: linear, or cubic (Zhu & Gupta 2017:
+    fast at first, gently at the end, when the network has least slack)."""
+    t = step / steps
+    return amount * (t if kind == "linear" else 1 - (1 - t) ** 3)
+
+
+def _score_batches(ctx, config):
+    gen = torch.Generator().manual_seed(ctx.seed)
+    out = []
+    for i, batch in enumerate(batches(ctx.split.train, 64, gen)):
+        if i >= config.score_batches:
+            break
+        out.append(batch)
+    return out
+
+
+def prune(model: nn.Module, config: PruneConfig, ctx):
+    """Prune weights or whole channels with a chosen criterion and schedule."""
+    example = ctx.split.train.X[:2]
+    selected = select_layers(
+        model, include=config.layers, exclude=config.exclude, types=SUPPORTED, key="layers"
+    )
+    before = {"params": count_params(model)["params"], "macs": count_flops(model, example[:1]) // 2}
+    info: dict = {
+        "method": config.method,
+        "criterion": config.criterion,
+        "target": config.target,
+        "amount": config.amount,
+    }
+    if config.regularization != "none":
+        weights = [m.weight for m in selected.values()]
+        penalty = SparsityPenalty(weights, config.regularization, config.reg_strength)
+        info["regularization_history"] = ctx.fit(model, hooks=[penalty], epochs=config.reg_epochs).to_dict()
+    history = None
+    masks: dict[str, torch.Tensor] = {}
+    originals: dict[tuple, int] = {}
+    skipped: Counter = Counter()
+    for step in range(1, config.steps + 1):
+        fraction = schedule(step, config.steps, config.amount, config.schedule)
+        if config.method == "structured":
+            skipped = _structured_step(
+                model, config, ctx, fraction, originals, set(selected), example, before
+            )
+        else:
+            masks = _mask_step(model, config, ctx, fraction, selected)
+        if config.finetune_epochs:
+            hooks = [KeepMasks([(selected[n].weight, m) for n, m in masks.items()])] if masks else []
+            overrides = {"lr": config.finetune_lr} if config.finetune_lr else {}
+            history = ctx.fit(model, hooks=hooks, epochs=config.finetune_epochs, **overrides)
+    after = {"params": count_params(model)["params"], "macs": count_flops(model, example[:1]) // 2}
+    nonzero = count_params(model)["nonzero_params"]
+    info.update(
+        {
+            "params_before": before["params"],
+            "params_after": after["params"],
+            "nonzero_after": nonzero,
+            "macs_before": before["macs"],
+            "macs_after": after["macs"],
+            "macs_removed": 1 - after["macs"] / before["macs"],
+            "params_removed": 1 - after["params"] / before["params"],
+            "weights_zero": 1 - nonzero / before["params"],
+        }
+    )
+    selected_zero = sum(int((m.weight == 0).sum()) for m in selected.values()) / sum(
+        m.weight.numel() for m in selected.values()
+    )
+    info["selected_weights_zero"] = selected_zero
+    reached = {
+        "sparsity": selected_zero if config.method != "structured" else None,
+        "macs": info["macs_removed"],
+        "params": info["params_removed"],
+    }[config.target]
+    if config.method == "n_m":
+        left_out = [n for n in selected if n not in masks]
+        if left_out:
+            info["skipped_layers"] = [
+                {"layer": n, "reason": f"inputs per output not a multiple of m={config.m}"} for n in left_out
+            ]
+        reached = None  # N:M fixes the ratio per group, not per model
+    if reached is not None and reached < config.amount - 0.02:
+        info["note"] = (
+            f"target {config.target} -{config.amount:.0%} not reachable with the prunable layers; "
+            f"reached -{reached:.1%}"
+        )
+    if skipped:
+        info["skipped_groups"] = [{"reason": r, "channels": n} for r, n in skipped.most_common()]
+    info["layers"] = _layer_table(model, selected, masks)
+    if config.method == "structured":
+        info["shapes"] = shapes(model)
+    if history is not None:
+        info["history"] = history
+    return model, info
+
+
+def _mask_step(model, config, ctx, fraction, selected) -> dict[str, torch.Tensor]:
+    grads = (
+        criteria.gradients(model, list(selected.values()), _score_batches(ctx, config))
+        if config.criterion == "taylor"
+        else None
+    )
+    scores = {n: criteria.weight_scores(m, config.criterion, grads) for n, m in selected.items()}
+    # weights already zero stay zero: give them the lowest score
+    scores = {
+        n: torch.where(selected[n].weight.detach() == 0, torch.full_like(s, -1.0), s)
+        for n, s in scores.items()
+    }
+    if config.method == "n_m":
+        masks = n_m_masks(scores, config.n, config.m)
+    else:
+        masks = threshold_masks(scores, fraction, config.scope)
+    with torch.no_grad():
+        for n, mask in masks.items():
+            selected[n].weight.mul_(mask)
+    return masks
+
+
+def _structured_step(model, config, ctx, fraction, originals, selected, example, before) -> Counter:
+    if config.target == "sparsity":
+        return _remove_channels(model, config, ctx, fraction, originals, selected, example)
+    # a MACs or parameter target: find the channel fraction that reaches it (bisection on a copy)
+    goal = 1 - fraction
+    measure = (
+        (lambda m: count_flops(m, example[:1]) // 2 / before["macs"])
+        if config.target == "macs"
+        else (lambda m: count_params(m)["params"] / before["params"])
+    )
+    lo, hi = 0.0, 0.99
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        trial, trial_originals = copy.deepcopy(model), dict(originals)
+        _remove_channels(trial, config, ctx, mid, trial_originals, selected, example)
+        lo, hi = (mid, hi) if measure(trial) > goal else (lo, mid)
+    return _remove_channels(model, config, ctx, hi, originals, selected, example)
+
+
+def _remove_channels(model, config, ctx, fraction, originals, selected, example) -> Counter:
+    _, graph = trace(model, example)
+    groups = channel_groups(graph)
+    skipped = Counter(g.unsafe for g in groups if g.unsafe)
+    safe = [g for g in groups if g.unsafe is None and set(g.layer) <= selected]
+    by_layer: dict[tuple, list] = defaultdict(list)
+    for g in safe:
+        by_layer[g.layer].append(g)
+    for layer, gs in by_layer.items():
+        originals.setdefault(layer, len(gs))
+    scores = _group_scores(model, config, ctx, safe)
+    remove = []
+    if config.scope == "layer":
+        for layer, gs in by_layer.items():
+            target_left = max(1, round(originals[layer] * (1 - fraction)))
+            if config.round_to > 1:  # odd widths defeat blocked CPU kernels: round up to a multiple
+                target_left = min(len(gs), -(-target_left // config.round_to) * config.round_to)
+            ranked = sorted(gs, key=lambda g: scores[id(g)])
+            remove += ranked[: max(0, len(gs) - target_left)]
+    else:  # global: scores normalised by their layer's mean, so layers of different scale compare
+        norm = {}
+        for gs in by_layer.values():
+            mean = sum(scores[id(g)] for g in gs) / len(gs) or 1.0
+            norm.update({id(g): scores[id(g)] / mean for g in gs})
+        total = sum(originals[layer] for layer in by_layer)
+        budget = round(total * fraction) - (total - len(safe))
+        left = {layer: len(gs) for layer, gs in by_layer.items()}
+        for g in sorted(safe, key=lambda g: norm[id(g)]):
+            if budget <= 0:
+                break
+            if left[g.layer] > 1:
+                remove.append(g)
+                left[g.layer] -= 1
+                budget -= 1
+    if remove:
+        shrink(model, remove)
+    return skipped
+
+
+def _group_scores(model, config, ctx, groups) -> dict[int, float]:
+    producers = {name for g in groups for name, _ in g.producers}
+    modules = {name: model.get_submodule(name) for name in producers}
+    per_module: dict[str, torch.Tensor] = {}
+    if config.criterion in ("l1", "l2", "random", "taylor"):
+        grads = (
+            criteria.gradients(model, list(modules.values()), _score_batches(ctx, config))
+            if config.criterion == "taylor"
+            else None
+        )
+        per_module = {n: criteria.channel_scores(m, config.criterion, grads) for n, m in modules.items()}
+    elif config.criterion == "entropy":
+        per_module = _entropies(model, modules, _score_batches(ctx, config))
+    out = {}
+    for g in groups:
+        if config.criterion == "bn_scale":
+            gammas = [
+                model.get_submodule(n).weight[k].abs().item()
+                for n, k in g.followers
+                if isinstance(model.get_submodule(n), nn.BatchNorm1d | nn.BatchNorm2d)
+            ]
+            if not gammas:  # no BatchNorm behind this channel: fall back to its weights
+                gammas = [
+                    criteria.channel_scores(model.get_submodule(n), "l1")[k].item() for n, k in g.producers
+                ]
+            out[id(g)] = float(sum(gammas))
+        else:
+            out[id(g)] = float(sum(per_module[n][k] for n, k in g.producers))
+    return out
+
+
+@torch.no_grad()
+def _entropies(model, modules, score_batches) -> dict[str, torch.Tensor]:
+    outputs = defaultdict(list)
+    handles = [
+        m.register_forward_hook(lambda mod, inp, out, n=n: outputs[n].append(out.detach()))
+        for n, m in modules.items()
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        for x, _ in score_batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: criteria.activation_entropy(torch.cat(v)) for n, v in outputs.items()}
+
+
+def _layer_table(model, selected, masks) -> list[dict]:
+    rows = []
+    for name in selected:
+        m = model.get_submodule(name)
+        w = m.weight.detach()
+        rows.append(
+            {
+                "layer": name,
+                "type": type(m).__name__,
+                "shape": "x".join(map(str, w.shape)),
+                "params": w.numel(),
+                "zero": float((w == 0).float().mean()),
+            }
+        )
+    return rows
+
+
+def export(
+    model: nn.Module, config: PruneConfig, info: dict, stage_dir: Path, example: torch.Tensor
+) -> dict | None:
+    """Unstructured and N:M stages ship as bitmask + values; structured ones as their smaller dense weights."""
+    if config.method == "structured":
+        return None
+    path = stage_dir / "model.sparse.safetensors"
+    save_sparse(model, path)
+    return {"artifact": path, "runtime": "torch"}
+
+
+def restore(model: nn.Module, config: PruneConfig, info: dict) -> nn.Module:
+    return reshape(model, info["shapes"]) if config.method == "structured" else model
+
+
+register("prune", PruneConfig, export=export, restore=restore)(prune)

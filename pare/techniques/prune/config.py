@@ -1,0 +1,55 @@
+"""Options of the ``prune`` technique."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pare.config import param
+
+
+@dataclass
+class PruneConfig:
+    """Remove weights (unstructured, N:M) or whole channels (structured), once or in steps."""
+
+    method: Literal["structured", "unstructured", "n_m"] = "structured"
+    criterion: Literal["l1", "l2", "taylor", "bn_scale", "entropy", "random"] = "l1"
+    scope: Literal["layer", "global"] = "layer"
+    target: Literal["sparsity", "macs", "params"] = "sparsity"
+    amount: float = param(0.5, gt=0, lt=1)  # the fraction of the target quantity to remove
+    n: int = param(2, ge=1)
+    m: int = param(4, ge=2)
+    steps: int = param(1, ge=1)
+    schedule: Literal["linear", "cubic"] = "cubic"
+    finetune_epochs: int = param(0, ge=0)  # after every step
+    finetune_lr: float | None = param(None, gt=0)
+    regularization: Literal["none", "l1", "l2", "group_lasso"] = "none"
+    reg_strength: float = param(1e-4, gt=0)
+    reg_epochs: int = param(0, ge=0)  # sparsity training before the first step
+    score_batches: int = param(8, ge=1)  # training batches for taylor / entropy scores
+    round_to: int = param(
+        1, ge=1
+    )  # structured: keep channel counts at multiples of this (8 suits CPU kernels)
+    layers: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.method != "structured" and self.criterion in ("bn_scale", "entropy"):
+            problems.append(f"criterion: {self.criterion!r} scores channels; use method: structured")
+        if self.method != "structured" and self.target != "sparsity":
+            problems.append(
+                f"target: {self.target!r} needs method: structured (zeros inside dense layers save no "
+                f"MACs); use target: sparsity"
+            )
+        if self.method == "n_m" and self.n >= self.m:
+            problems.append(f"n: {self.n} must be smaller than m ({self.m}); 2:4 keeps 2 of every 4")
+        if self.regularization == "group_lasso" and self.method != "structured":
+            problems.append(
+                "regularization: 'group_lasso' pushes whole channels to zero; use it with method: structured"
+            )
+        if self.regularization != "none" and self.reg_epochs == 0:
+            problems.append(
+                f"reg_epochs: regularization {self.regularization!r} needs reg_epochs >= 1 of sparsity training"
+            )
+        return problems

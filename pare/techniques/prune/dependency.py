@@ -1,0 +1,255 @@
+"""Which channels must be removed together, found by tracing the model's graph.
+
+Every output channel of a Conv2d/Linear gets an id. Ids flow through the traced graph with the
+tensors that carry them: unchanged through element-wise ops, normalisation and pooling;
+concatenated by ``cat``; repeated H*W times by ``flatten``; merged (union-find) where ``add``
+or ``mul`` combine two tensors channel by channel (a residual connection ties its branches'
+channels together); passed through a depthwise convolution, which is then pruned along. A
+channel that reaches the model's output or an operation whose channel semantics are unknown is
+marked unsafe, and its whole group is left alone (and reported). Works on users' own models as
+long as torch.fx can trace them; nothing here is written per model.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from pare.errors import UnsupportedModelError
+
+PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.Dropout,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Hardswish,
+)
+NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+PASS_FUNCTIONS = {
+    F.relu,
+    torch.relu,
+    F.gelu,
+    F.silu,
+    torch.sigmoid,
+    torch.tanh,
+    F.dropout,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.leaky_relu,
+    F.hardswish,
+}
+PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone"}
+ELEMENTWISE = {operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub}
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: list[int] = []
+
+    def new(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+@dataclass
+class Graph:
+    """Channel ids and where each id is used: ``producers[id]`` = (module name, output index);
+    ``consumers[id]`` = [(module name, input positions)]; ``norms[id]`` = [(module name, index)]
+    for normalisation layers and depthwise convolutions pruned along."""
+
+    producers: dict[int, tuple[str, int]] = field(default_factory=dict)
+    consumers: dict[int, list[tuple[str, list[int]]]] = field(default_factory=lambda: defaultdict(list))
+    followers: dict[int, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    unsafe: dict[int, str] = field(default_factory=dict)  # id -> why
+    uf: _UnionFind = field(default_factory=_UnionFind)
+
+    def groups(self) -> dict[int, list[int]]:
+        """Coupled channels: union-find root -> the ids that must go together."""
+        out: dict[int, list[int]] = defaultdict(list)
+        for i in range(len(self.uf.parent)):
+            out[self.uf.find(i)].append(i)
+        return out
+
+
+def trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, Graph]:
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"structured pruning needs a model torch.fx can trace ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); use unstructured pruning for this model"
+        ) from None
+    ShapeProp(gm).propagate(example)
+    graph = Graph()
+    chans: dict[fx.Node, list[int] | None] = {}
+    modules = dict(gm.named_modules())
+
+    def ids_of(arg):
+        return chans.get(arg) if isinstance(arg, fx.Node) else None
+
+    def mark_unsafe(ids, why):
+        for i in ids or []:
+            graph.unsafe.setdefault(i, why)
+
+    for node in gm.graph.nodes:
+        inputs = [a for a in node.all_input_nodes]
+        first = ids_of(node.args[0]) if node.args else None
+        out: list[int] | None = None
+        if node.op == "placeholder" or node.op == "get_attr":
+            out = None
+        elif node.op == "output":
+            for a in inputs:
+                mark_unsafe(ids_of(a), "reaches the model output")
+            continue
+        elif node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, nn.Conv2d) and m.groups == 1 or isinstance(m, nn.Linear):
+                if first is not None:
+                    _consume(graph, node.target, first, m, node)
+                out = [
+                    graph.uf.new()
+                    for _ in range(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+                ]
+                for k, i in enumerate(out):
+                    graph.producers[i] = (node.target, k)
+                if isinstance(m, nn.Linear) and _is_sequence(node):
+                    mark_unsafe(
+                        out, f"{node.target}: linear over a sequence"
+                    )  # tokens x features: keep simple
+            elif (
+                isinstance(m, nn.Conv2d) and first is not None and m.groups == m.in_channels == m.out_channels
+            ):
+                out = first  # depthwise: channel k in, channel k out
+                for k, i in enumerate(out):
+                    graph.followers[i].append((node.target, k))
+            elif isinstance(m, NORM_MODULES) and first is not None:
+                out = first
+                if isinstance(m, nn.GroupNorm):
+                    mark_unsafe(first, f"{node.target}: GroupNorm ties channels in groups")
+                elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+                    mark_unsafe(first, f"{node.target}: LayerNorm over several dims")
+                else:
+                    for k, i in enumerate(out):
+                        graph.followers[i].append((node.target, k))
+            elif isinstance(m, PASS_MODULES):
+                out = first
+            elif isinstance(m, nn.Flatten):
+                out = _flatten(first, node)
+            else:
+                for a in inputs:
+                    mark_unsafe(ids_of(a), f"{node.target}: {type(m).__name__} has unknown channel semantics")
+        elif node.op == "call_function" and node.target in ELEMENTWISE:
+            tensors = [ids_of(a) for a in node.args if isinstance(a, fx.Node)]
+            tracked = [t for t in tensors if t is not None]
+            if len(tracked) == len(tensors) and len(tracked) == 2 and len(tracked[0]) == len(tracked[1]):
+                for a, b in zip(*tracked):
+                    graph.uf.union(a, b)
+                out = tracked[0]
+            elif len(tracked) == 1 and len(tensors) == 1:
+                out = tracked[0]  # tensor with a scalar
+            else:
+                for t in tracked:
+                    mark_unsafe(t, f"{node.name}: {node.target.__name__} of mismatched tensors")
+        elif node.op == "call_function" and node.target in PASS_FUNCTIONS:
+            out = first
+        elif node.op == "call_function" and node.target is torch.cat:
+            parts = [ids_of(a) for a in node.args[0]]
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            if (
+                dim in (1, -3)
+                and all(p is not None for p in parts)
+                and len(node.meta["tensor_meta"].shape) == 4
+            ):
+                out = [i for p in parts for i in p]
+            else:
+                for p in parts:
+                    mark_unsafe(p, f"{node.name}: cat along dim {dim}")
+        elif node.op == "call_function" and node.target is torch.flatten:
+            out = _flatten(first, node)
+        elif node.op == "call_method" and node.target in PASS_METHODS:
+            out = first
+        elif node.op == "call_method" and node.target in ("view", "reshape", "flatten") and _is_flat(node):
+            out = _flatten(first, node)
+        elif (
+            node.op in ("call_function", "call_method")
+            and node.target in (torch.mean, "mean")
+            and _pools_space(node)
+        ):
+            out = first
+        else:
+            for a in inputs:
+                mark_unsafe(
+                    ids_of(a),
+                    f"{node.name}: {getattr(node.target, '__name__', node.target)} has unknown channel semantics",
+                )
+        chans[node] = out
+    return gm, graph
+
+
+def _consume(graph: Graph, name: str, ids: list[int], m: nn.Module, node: fx.Node) -> None:
+    by_id: dict[int, list[int]] = defaultdict(list)
+    for position, i in enumerate(ids):
+        by_id[i].append(position)
+    for i, positions in by_id.items():
+        graph.consumers[i].append((name, positions))
+
+
+def _shape(node: fx.Node):
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _is_sequence(node: fx.Node) -> bool:
+    shape = _shape(node)
+    return shape is not None and len(shape) > 2
+
+
+def _flatten(ids, node):
+    """(B, C, H, W) -> (B, C*H*W): channel k becomes features k*H*W ... (k+1)*H*W - 1."""
+    if ids is None:
+        return None
+    src = node.args[0]
+    shape = _shape(src)
+    if shape is None or len(shape) < 2:
+        return None
+    spatial = 1
+    for s in shape[2:]:
+        spatial *= s
+    return [i for i in ids for _ in range(spatial)]
+
+
+def _is_flat(node: fx.Node) -> bool:
+    shape = _shape(node)
+    return shape is not None and len(shape) == 2
+
+
+def _pools_space(node: fx.Node) -> bool:
+    src, out = _shape(node.args[0]), _shape(node)
+    return src is not None and out is not None and len(src) == 4 and out[:2] == src[:2]

@@ -1,0 +1,113 @@
+"""Unstructured and N:M sparsity: masks over single weights, kept through fine-tuning by a hook,
+stored as bitmask + values so that the file really shrinks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from pare.io import atomic_write
+from pare.training.hooks import Hook
+
+
+def threshold_masks(scores: dict[str, torch.Tensor], amount: float, scope: str) -> dict[str, torch.Tensor]:
+    """Keep the highest-scoring weights: ``amount`` removed in every layer, or over all layers at once."""
+    if scope == "global":
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        k = int(amount * flat.numel())
+        if k == 0:
+            return {n: torch.ones_like(s) for n, s in scores.items()}
+        cut = flat.kthvalue(k).values
+        return {n: (s > cut).float() for n, s in scores.items()}
+    masks = {}
+    for n, s in scores.items():
+        k = int(amount * s.numel())
+        masks[n] = (s > s.flatten().kthvalue(k).values).float() if k else torch.ones_like(s)
+    return masks
+
+
+def n_m_masks(scores: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
+    """N:M: in every group of M consecutive input weights keep the N highest (2:4 = 50 %).
+    Layers whose inputs per output are not a multiple of M are left out (the caller lists them)."""
+    masks = {}
+    for name, s in scores.items():
+        rows = s.reshape(s.shape[0], -1)
+        if rows.shape[1] % m:
+            continue
+        groups = rows.reshape(rows.shape[0], -1, m)
+        keep = groups.topk(n, dim=2).indices
+        mask = torch.zeros_like(groups).scatter_(2, keep, 1.0)
+        masks[name] = mask.reshape(s.shape)
+    return masks
+
+
+class KeepMasks(Hook):
+    """Re-apply the masks after every optimizer step: fine-tuning must not revive pruned weights."""
+
+    def __init__(self, pairs: list[tuple[nn.Parameter, torch.Tensor]]):
+        self.pairs = pairs
+
+    def after_step(self, state) -> None:
+        with torch.no_grad():
+            for w, mask in self.pairs:
+                w.mul_(mask)
+
+
+class SparsityPenalty(Hook):
+    """Sparsity training: L1 or L2 on the weights, or group lasso (L2 norm of each output
+    channel, summed) to push whole channels towards zero before structured pruning."""
+
+    def __init__(self, weights: list[nn.Parameter], kind: str, strength: float):
+        self.weights, self.kind, self.strength = weights, kind, strength
+
+    def loss_terms(self, state) -> dict[str, torch.Tensor]:
+        if self.kind == "l1":
+            term = sum(w.abs().sum() for w in self.weights)
+        elif self.kind == "l2":
+            term = sum(w.pow(2).sum() for w in self.weights)
+        else:
+            term = sum(w.reshape(w.shape[0], -1).norm(dim=1).sum() for w in self.weights)
+        return {f"{self.kind}_penalty": self.strength * term}
+
+
+def save_sparse(model: nn.Module, path: Path, min_sparsity: float = 0.25) -> int:
+    """Tensors at least ``min_sparsity`` zero are stored as a bitmask (1 bit per weight) plus the
+    non-zero values; the rest as they are. Returns the file's bytes."""
+    tensors, meta = {}, {}
+    for name, t in model.state_dict().items():
+        t = t.detach().contiguous()
+        zeros = float((t == 0).float().mean()) if t.is_floating_point() and t.numel() else 0.0
+        if zeros >= min_sparsity:
+            mask = (t != 0).flatten().numpy()
+            tensors[f"{name}.mask"] = torch.from_numpy(np.packbits(mask))
+            tensors[f"{name}.values"] = t.flatten()[torch.from_numpy(mask)]
+            meta[name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        else:
+            tensors[name] = t
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"pare_sparse": json.dumps(meta)}))
+    return Path(path).stat().st_size
+
+
+def load_sparse(model: nn.Module, path: Path) -> nn.Module:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["pare_sparse"])
+    tensors = load_file(str(path))
+    state = {}
+    for name, value in model.state_dict().items():
+        if name in meta:
+            n = int(np.prod(meta[name]["shape"]))
+            mask = torch.from_numpy(np.unpackbits(tensors[f"{name}.mask"].numpy(), count=n).astype(bool))
+            dense = torch.zeros(n, dtype=value.dtype)
+            dense[mask] = tensors[f"{name}.values"]
+            state[name] = dense.reshape(meta[name]["shape"])
+        else:
+            state[name] = tensors[name]
+    model.load_state_dict(state)
+    return model
