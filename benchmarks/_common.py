@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pare.cost.machine import machine_info
 from pare.io import atomic_write_json
 
@@ -42,6 +44,20 @@ def row(
     out["latency_ratio"] = out["latency_ratio_batch_64"]
     out.update(extra)
     return out
+
+
+def paired_ratio(fn_a, fn_b, rounds: int, warmup: int = 5) -> float:
+    """Median time of ``fn_a`` / median time of ``fn_b``, called alternately in one loop so that
+    the drift of a shared 2-vCPU machine hits both alike."""
+    times: list[list[float]] = [[], []]
+    for i in range(rounds + warmup):
+        order = [(0, fn_a), (1, fn_b)] if i % 2 else [(1, fn_b), (0, fn_a)]
+        for j, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[j].append(time.perf_counter() - t0)
+    return float(np.median(times[0]) / np.median(times[1]))
 
 
 def target(name: str, goal: str, value: float, met: bool) -> dict:

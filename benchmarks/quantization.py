@@ -239,19 +239,11 @@ def run_model(key: str, spec: dict, quick: bool, work: Path) -> list[dict]:
 
 
 def paired_latency_ratio(path_a: Path, path_b: Path, input_shape, batch: int, rounds: int) -> float:
-    """median latency of A / median latency of B, timed alternately in one loop so that drift
-    of a shared 2-vCPU machine hits both alike."""
-    a, b = ort_session(path_a), ort_session(path_b)
+    a, b = ort_session(path_a, spinning=False), ort_session(path_b, spinning=False)
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-    feeds = [(a, {a.get_inputs()[0].name: x}), (b, {b.get_inputs()[0].name: x})]
-    times: list[list[float]] = [[], []]
-    for i in range(rounds + 5):
-        for j, (session, feed) in enumerate(feeds if i % 2 else feeds[::-1]):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            if i >= 5:
-                times[j].append(time.perf_counter() - t0)
-    return float(np.median(times[0]) / np.median(times[1]))
+    return bench.paired_ratio(
+        lambda: a.run(None, {"input": x}), lambda: b.run(None, {b.get_inputs()[0].name: x}), rounds
+    )
 
 
 def _row(name, key, tool, y, proba, n_boot, path, base_bytes, runtime, lat, base_lat, seconds, **extra):

@@ -59,12 +59,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> in
     return path.stat().st_size
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session using as many threads as torch does, so timings compare."""
+def ort_session(path: str | Path, threads: int | None = None, spinning: bool = True):
+    """An ONNX Runtime CPU session using as many threads as torch does, so timings compare.
+    ``spinning=False`` stops idle worker threads from busy-waiting: needed when two sessions
+    are timed alternately, or one would steal the other's cores."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

@@ -146,9 +146,12 @@ def _mask_step(model, config, ctx, fraction, selected) -> dict[str, torch.Tensor
 
 
 def _structured_step(model, config, ctx, fraction, originals, selected, example, before) -> Counter:
+    groups, skipped = _safe_groups(model, selected, example)
+    scores = _group_scores(model, config, ctx, groups)  # once per step: trials below share them
     if config.target == "sparsity":
-        return _remove_channels(model, config, ctx, fraction, originals, selected, example)
-    # a MACs or parameter target: find the channel fraction that reaches it (bisection on a copy)
+        _remove_channels(model, config, fraction, originals, groups, scores)
+        return skipped
+    # a MACs or parameter target: find the channel fraction that reaches it (bisection on copies)
     goal = 1 - fraction
     measure = (
         (lambda m: count_flops(m, example[:1]) // 2 / before["macs"])
@@ -156,42 +159,53 @@ def _structured_step(model, config, ctx, fraction, originals, selected, example,
         else (lambda m: count_params(m)["params"] / before["params"])
     )
     lo, hi = 0.0, 0.99
+    tried = {}
     for _ in range(12):
         mid = (lo + hi) / 2
-        trial, trial_originals = copy.deepcopy(model), dict(originals)
-        _remove_channels(trial, config, ctx, mid, trial_originals, selected, example)
-        lo, hi = (mid, hi) if measure(trial) > goal else (lo, mid)
-    return _remove_channels(model, config, ctx, hi, originals, selected, example)
+        trial = copy.deepcopy(model)
+        _remove_channels(trial, config, mid, dict(originals), groups, scores)
+        tried[mid] = measure(trial)
+        lo, hi = (mid, hi) if tried[mid] > goal else (lo, mid)
+    # rounding channel counts makes the measure a step function: take the closest step
+    best = min(tried, key=lambda f: abs(tried[f] - goal))
+    _remove_channels(model, config, best, originals, groups, scores)
+    return skipped
 
 
-def _remove_channels(model, config, ctx, fraction, originals, selected, example) -> Counter:
+def _safe_groups(model, selected, example):
+    """Channel groups that may be removed, and how many channels were left alone and why."""
     _, graph = trace(model, example)
     groups = channel_groups(graph)
     skipped = Counter(g.unsafe for g in groups if g.unsafe)
-    safe = [g for g in groups if g.unsafe is None and set(g.layer) <= selected]
+    return [g for g in groups if g.unsafe is None and set(g.layer) <= selected], skipped
+
+
+def _remove_channels(model, config, fraction, originals, safe, scores) -> None:
+    """Remove the lowest-scoring channel groups so each layer keeps ``1 - fraction`` of its
+    original channels (scope layer), or the whole model does (scope global)."""
     by_layer: dict[tuple, list] = defaultdict(list)
     for g in safe:
         by_layer[g.layer].append(g)
     for layer, gs in by_layer.items():
         originals.setdefault(layer, len(gs))
-    scores = _group_scores(model, config, ctx, safe)
+    key = _group_key
     remove = []
     if config.scope == "layer":
         for layer, gs in by_layer.items():
             target_left = max(1, round(originals[layer] * (1 - fraction)))
             if config.round_to > 1:  # odd widths defeat blocked CPU kernels: round up to a multiple
                 target_left = min(len(gs), -(-target_left // config.round_to) * config.round_to)
-            ranked = sorted(gs, key=lambda g: scores[id(g)])
+            ranked = sorted(gs, key=lambda g: scores[key(g)])
             remove += ranked[: max(0, len(gs) - target_left)]
     else:  # global: scores normalised by their layer's mean, so layers of different scale compare
         norm = {}
         for gs in by_layer.values():
-            mean = sum(scores[id(g)] for g in gs) / len(gs) or 1.0
-            norm.update({id(g): scores[id(g)] / mean for g in gs})
+            mean = sum(scores[key(g)] for g in gs) / len(gs) or 1.0
+            norm.update({key(g): scores[key(g)] / mean for g in gs})
         total = sum(originals[layer] for layer in by_layer)
         budget = round(total * fraction) - (total - len(safe))
         left = {layer: len(gs) for layer, gs in by_layer.items()}
-        for g in sorted(safe, key=lambda g: norm[id(g)]):
+        for g in sorted(safe, key=lambda g: norm[key(g)]):
             if budget <= 0:
                 break
             if left[g.layer] > 1:
@@ -200,10 +214,13 @@ def _remove_channels(model, config, ctx, fraction, originals, selected, example)
                 budget -= 1
     if remove:
         shrink(model, remove)
-    return skipped
 
 
-def _group_scores(model, config, ctx, groups) -> dict[int, float]:
+def _group_key(g) -> tuple:
+    return tuple(sorted(g.producers))
+
+
+def _group_scores(model, config, ctx, groups) -> dict[tuple, float]:
     producers = {name for g in groups for name, _ in g.producers}
     modules = {name: model.get_submodule(name) for name in producers}
     per_module: dict[str, torch.Tensor] = {}
@@ -228,9 +245,9 @@ def _group_scores(model, config, ctx, groups) -> dict[int, float]:
                 gammas = [
                     criteria.channel_scores(model.get_submodule(n), "l1")[k].item() for n, k in g.producers
                 ]
-            out[id(g)] = float(sum(gammas))
+            out[_group_key(g)] = float(sum(gammas))
         else:
-            out[id(g)] = float(sum(per_module[n][k] for n, k in g.producers))
+            out[_group_key(g)] = float(sum(per_module[n][k] for n, k in g.producers))
     return out
 
 
