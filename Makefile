@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
+	$(PY) benchmarks/quantization.py --out benchmarks/results/quantization.json
+	$(PY) benchmarks/pruning.py --out benchmarks/results/pruning.json
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

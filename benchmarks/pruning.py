@@ -186,6 +186,9 @@ def main():
             return r
 
         record("fp32", "pare", baseline, 0.0)
+        control = copy.deepcopy(baseline)
+        finetune(control)  # the same extra epochs every pruned model gets: the fair reference
+        record("fp32-finetuned (control)", "pare", control, 0.0)
         t0 = time.perf_counter()
         ours, info = pare.compress(baseline, PruneConfig(target="macs", amount=0.5, round_to=8), split)
         finetune(ours)
@@ -220,7 +223,8 @@ def main():
             print(f"  curve {criterion}: {[round(p['accuracy'], 3) for p in curves[criterion]]}", flush=True)
 
     by = {r["name"]: r for r in rows}
-    base, ours_row, tp_row = by["fp32"], by["pare-structured-l1-50%macs"], by["torch-pruning-l1-50%macs"]
+    base = by["fp32-finetuned (control)"]
+    ours_row, tp_row = by["pare-structured-l1-50%macs"], by["torch-pruning-l1-50%macs"]
     drop = 100 * (base["metrics"]["accuracy"] - ours_row["metrics"]["accuracy"])
     gap = 100 * (ours_row["metrics"]["accuracy"] - tp_row["metrics"]["accuracy"])
     targets = [
@@ -236,7 +240,12 @@ def main():
             ours_row["latency_ratio_onnxruntime"],
             ours_row["latency_ratio_onnxruntime"] >= 1.8,
         ),
-        bench.target("pare 50% MACs: accuracy drop after fine-tuning", "<= 0.5 points", drop, drop <= 0.5),
+        bench.target(
+            "pare 50% MACs: accuracy drop after fine-tuning (against fp32 fine-tuned as long)",
+            "<= 0.5 points",
+            drop,
+            drop <= 0.5,
+        ),
         bench.target("pare minus Torch-Pruning accuracy at 50% MACs", ">= 0 points", gap, gap >= 0),
     ]
     bench.print_table(
@@ -281,7 +290,9 @@ def _plot_curves(curves, path: Path) -> Path:
             label=criterion,
         )
     ax.set(
-        xlabel="MACs removed (%)", ylabel="test accuracy (no fine-tuning)", title="ResNet on digits: criteria"
+        xlabel="MACs removed (%)",
+        ylabel="test accuracy (BN recalibrated, no fine-tuning)",
+        title="ResNet on digits 32x32: criteria",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -143,6 +143,16 @@ def test_every_criterion_prunes_and_fine_tuning_recovers(digits_split, resnet, c
     assert acc > 0.8, criterion
 
 
+def test_batchnorm_recalibration_repairs_one_shot_pruning(digits_split, resnet):
+    cut = {}
+    for recalibrate in (False, True):
+        q, _ = pare.compress(
+            resnet, PruneConfig(target="macs", amount=0.6, recalibrate_bn=recalibrate), digits_split
+        )
+        cut[recalibrate] = pare.evaluate(q, digits_split.val, bootstrap=0).metrics["accuracy"]
+    assert cut[True] > cut[False] + 0.05
+
+
 def test_iterative_unstructured_keeps_zeros_through_fine_tuning(digits_split, resnet):
     q, info = pare.compress(
         resnet,

@@ -74,6 +74,8 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
             )
         else:
             masks = _mask_step(model, config, ctx, fraction, selected)
+        if config.recalibrate_bn:
+            recalibrate_batchnorm(model, _score_batches(ctx, config))
         if config.finetune_epochs:
             hooks = [KeepMasks([(selected[n].weight, m) for n, m in masks.items()])] if masks else []
             overrides = {"lr": config.finetune_lr} if config.finetune_lr else {}
@@ -121,6 +123,29 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
     if history is not None:
         info["history"] = history
     return model, info
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches) -> None:
+    """Removing channels shifts the sums every later layer sees; the BatchNorm running
+    statistics learned before no longer match. Re-estimate them (a plain average over a few
+    training batches, no gradient step)."""
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    for x, _ in batches:
+        model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
 
 
 def _mask_step(model, config, ctx, fraction, selected) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ class PruneConfig:
     reg_strength: float = param(1e-4, gt=0)
     reg_epochs: int = param(0, ge=0)  # sparsity training before the first step
     score_batches: int = param(8, ge=1)  # training batches for taylor / entropy scores
+    recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on training batches after each step
     round_to: int = param(
         1, ge=1
     )  # structured: keep channel counts at multiples of this (8 suits CPU kernels)
