@@ -3,15 +3,13 @@ stored as bitmask + values so that the file really shrinks."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
-from pare.io import atomic_write
+from pare.export.weights import load_tensors, save_tensors
 from pare.training.hooks import Hook
 
 
@@ -89,16 +87,11 @@ def save_sparse(model: nn.Module, path: Path, min_sparsity: float = 0.25) -> int
             meta[name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         else:
             tensors[name] = t
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"pare_sparse": json.dumps(meta)}))
-    return Path(path).stat().st_size
+    return save_tensors(tensors, path, "pare_sparse", meta)
 
 
 def load_sparse(model: nn.Module, path: Path) -> nn.Module:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["pare_sparse"])
-    tensors = load_file(str(path))
+    tensors, meta = load_tensors(path, "pare_sparse")
     state = {}
     for name, value in model.state_dict().items():
         if name in meta:

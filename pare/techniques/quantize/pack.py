@@ -9,15 +9,13 @@ weights into a model of the same architecture.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
-from pare.io import atomic_write
+from pare.export.weights import load_tensors, save_tensors
 from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec
 
 
@@ -92,17 +90,12 @@ def save_packed(
             "count": int(qw.codes.numel()),
             "spec": spec.__dict__,
         }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"pare_packed": json.dumps(layers)}))
-    return Path(path).stat().st_size
+    return save_tensors(tensors, path, "pare_packed", layers)
 
 
 def load_packed(model: nn.Module, path: Path) -> nn.Module:
     """Load a packed file into ``model`` (same architecture, plain layers) as float weights."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        layers = json.loads(f.metadata()["pare_packed"])
-    tensors = load_file(str(path))
+    tensors, layers = load_tensors(path, "pare_packed")
     state = {}
     for name, value in model.state_dict().items():
         info = layers.get(name)
