@@ -16,6 +16,7 @@ from pare.recipes import recipe_from_dict
 from pare.recipes.schema import ModelConfig, TrainConfig
 from pare.techniques.prune import PruneConfig
 from pare.techniques.prune.apply import schedule
+from pare.techniques.prune.blocks import drop, residual_blocks
 from pare.techniques.prune.criteria import activation_entropy, channel_scores
 from pare.techniques.prune.structured import reshape
 from pare.techniques.prune.unstructured import load_sparse, n_m_masks, save_sparse, threshold_masks
@@ -103,6 +104,30 @@ def test_user_model_with_residual_and_concat(digits_split):
     assert q.stem.out_channels == q.left.out_channels == q.left.in_channels == q.right.in_channels == 8
     assert q.head.in_features == q.left.out_channels + q.right.out_channels
     assert q(digits_split.test.X[:3]).shape == (3, 10)
+
+
+def test_residual_blocks_are_found_and_dropped_by_measured_cost(tmp_path, digits_split):
+    model = trained(digits_split, "resnet", epochs=3, width=8, depth=2, stages=3)
+    # the first block of stages 2 and 3 changes shape (stride, projection): not droppable
+    assert residual_blocks(model, digits_split.test.X[:2]) == ["blocks.0", "blocks.1", "blocks.3", "blocks.5"]
+    q, info = pare.compress(model, PruneConfig(method="blocks", target="macs", amount=0.3), digits_split)
+    assert info["macs_removed"] >= 0.3 and len(info["dropped_blocks"]) >= 1
+    assert {s["block"] for s in info["block_scores"]} == {"blocks.0", "blocks.1", "blocks.3", "blocks.5"}
+    assert all(isinstance(q.blocks[int(b.split(".")[1])], nn.Identity) for b in info["dropped_blocks"])
+    assert q(digits_split.test.X[:3]).shape == (3, 10)
+    # rebuilt for reloading from the record
+    save_weights(q, tmp_path / "q.safetensors")
+    fresh = drop(
+        trained(digits_split, "resnet", epochs=0, width=8, depth=2, stages=3), info["dropped_blocks"]
+    )
+    pare.export.load_weights_file(fresh, tmp_path / "q.safetensors")
+    assert torch.allclose(fresh.eval()(digits_split.test.X[:3]), q(digits_split.test.X[:3]), atol=1e-5)
+
+
+def test_transformer_layers_can_be_dropped(digits_split):
+    model = trained(digits_split, "transformer", epochs=1, depth=4)
+    q, info = pare.compress(model, PruneConfig(method="blocks", target="params", amount=0.25), digits_split)
+    assert len(info["dropped_blocks"]) >= 1 and info["params_removed"] >= 0.25
 
 
 def test_unknown_ops_are_skipped_and_reported(digits_split):
@@ -210,6 +235,7 @@ def test_untraceable_model_is_explained(digits_split):
         ({"method": "n_m", "n": 4, "m": 4}, "n: 4 must be smaller than m"),
         ({"amount": 1.5}, "amount: 1.5 must be < 1"),
         ({"regularization": "l1"}, "reg_epochs: regularization 'l1' needs reg_epochs >= 1"),
+        ({"method": "blocks"}, "method 'blocks' removes whole residual blocks; give target: macs or params"),
     ],
 )
 def test_config_errors(stage, message):

@@ -13,6 +13,7 @@ from pare.cost import count_flops, count_params
 from pare.registry import register
 from pare.selection import select_layers
 from pare.techniques.prune import criteria
+from pare.techniques.prune.blocks import drop, residual_blocks
 from pare.techniques.prune.config import PruneConfig
 from pare.techniques.prune.dependency import trace
 from pare.techniques.prune.structured import channel_groups, reshape, shapes, shrink
@@ -72,6 +73,10 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
             skipped = _structured_step(
                 model, config, ctx, fraction, originals, set(selected), example, before
             )
+        elif config.method == "blocks":
+            info["dropped_blocks"], info["block_scores"] = _drop_blocks(
+                model, config, ctx, fraction, example, before
+            )
         else:
             masks = _mask_step(model, config, ctx, fraction, selected)
         if config.recalibrate_bn:
@@ -123,6 +128,32 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
     if history is not None:
         info["history"] = history
     return model, info
+
+
+@torch.no_grad()
+def _drop_blocks(model, config, ctx, fraction, example, before) -> tuple[list[str], list[dict]]:
+    """Drop the residual blocks whose removal costs least validation accuracy per MAC (or
+    parameter) saved, until the target is met."""
+    candidates = residual_blocks(model, example)
+    measure = (
+        (lambda m: count_flops(m, example[:1]) // 2 / before["macs"])
+        if config.target == "macs"
+        else (lambda m: count_params(m)["params"] / before["params"])
+    )
+    base_acc, base_size = ctx.evaluate(model)["accuracy"], measure(model)
+    scores = []
+    for name in candidates:
+        trial = drop(copy.deepcopy(model), [name])
+        saved = base_size - measure(trial)
+        loss = base_acc - ctx.evaluate(trial)["accuracy"]
+        scores.append({"block": name, "accuracy_drop": loss, "saved": saved})
+    dropped = []
+    for s in sorted(scores, key=lambda s: (max(s["accuracy_drop"], 0) + 1e-6) / max(s["saved"], 1e-9)):
+        if measure(model) <= 1 - fraction + 1e-9:
+            break
+        drop(model, [s["block"]])
+        dropped.append(s["block"])
+    return dropped, scores
 
 
 @torch.no_grad()
@@ -298,7 +329,10 @@ def _entropies(model, modules, score_batches) -> dict[str, torch.Tensor]:
 def _layer_table(model, selected, masks) -> list[dict]:
     rows = []
     for name in selected:
-        m = model.get_submodule(name)
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:  # inside a dropped block
+            continue
         w = m.weight.detach()
         rows.append(
             {
@@ -315,8 +349,8 @@ def _layer_table(model, selected, masks) -> list[dict]:
 def export(
     model: nn.Module, config: PruneConfig, info: dict, stage_dir: Path, example: torch.Tensor
 ) -> dict | None:
-    """Unstructured and N:M stages ship as bitmask + values; structured ones as their smaller dense weights."""
-    if config.method == "structured":
+    """Unstructured and N:M stages ship as bitmask + values; the others as their smaller dense weights."""
+    if config.method in ("structured", "blocks"):
         return None
     path = stage_dir / "model.sparse.safetensors"
     save_sparse(model, path)
@@ -324,6 +358,8 @@ def export(
 
 
 def restore(model: nn.Module, config: PruneConfig, info: dict) -> nn.Module:
+    if config.method == "blocks":
+        return drop(model, info["dropped_blocks"])
     return reshape(model, info["shapes"]) if config.method == "structured" else model
 
 

@@ -12,7 +12,7 @@ from pare.config import param
 class PruneConfig:
     """Remove weights (unstructured, N:M) or whole channels (structured), once or in steps."""
 
-    method: Literal["structured", "unstructured", "n_m"] = "structured"
+    method: Literal["structured", "unstructured", "n_m", "blocks"] = "structured"
     criterion: Literal["l1", "l2", "taylor", "bn_scale", "entropy", "random"] = "l1"
     scope: Literal["layer", "global"] = "layer"
     target: Literal["sparsity", "macs", "params"] = "sparsity"
@@ -36,9 +36,15 @@ class PruneConfig:
 
     def check(self) -> list[str]:
         problems = []
-        if self.method != "structured" and self.criterion in ("bn_scale", "entropy"):
+        if self.method == "blocks" and self.target == "sparsity":
+            problems.append(
+                "target: method 'blocks' removes whole residual blocks; give target: macs or params"
+            )
+        if self.method == "blocks" and self.steps > 1:
+            problems.append("steps: method 'blocks' drops blocks in one step; use steps: 1")
+        if self.method not in ("structured", "blocks") and self.criterion in ("bn_scale", "entropy"):
             problems.append(f"criterion: {self.criterion!r} scores channels; use method: structured")
-        if self.method != "structured" and self.target != "sparsity":
+        if self.method in ("unstructured", "n_m") and self.target != "sparsity":
             problems.append(
                 f"target: {self.target!r} needs method: structured (zeros inside dense layers save no "
                 f"MACs); use target: sparsity"
