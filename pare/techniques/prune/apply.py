@@ -48,6 +48,7 @@ def _score_batches(ctx, config):
 
 def prune(model: nn.Module, config: PruneConfig, ctx):
     """Prune weights or whole channels with a chosen criterion and schedule."""
+    torch.manual_seed(ctx.seed)  # the random criterion and any sampling: reproducible per run
     example = ctx.split.train.X[:2]
     selected = select_layers(
         model, include=config.layers, exclude=config.exclude, types=SUPPORTED, key="layers"

@@ -200,8 +200,3 @@ SCHEMES = {
 
 def quantize_weight(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:
     return SCHEMES[spec.scheme](w, spec)
-
-
-def payload_bits(qw: QuantizedWeight, numel: int) -> int:
-    """Bits the packed codes take on disk (parameters excluded)."""
-    return numel * qw.bits
