@@ -124,6 +124,17 @@ def test_residual_blocks_are_found_and_dropped_by_measured_cost(tmp_path, digits
     assert torch.allclose(fresh.eval()(digits_split.test.X[:3]), q(digits_split.test.X[:3]), atol=1e-5)
 
 
+def test_transformer_ffn_neurons_are_removed_and_attention_left_alone(digits_split):
+    model = trained(digits_split, "transformer", epochs=1, depth=2)
+    q, info = pare.compress(model, PruneConfig(amount=0.5), digits_split)
+    for block in q.blocks:
+        assert block.mlp[0].out_features == block.mlp[2].in_features == 64  # hidden 128 -> 64
+        assert block.attn.qkv.out_features == 192 and block.mlp[2].out_features == 64  # untouched
+    reasons = " ".join(g["reason"] for g in info["skipped_groups"])
+    assert "split on token features" in reasons  # q/k/v are cut into heads: not pruned
+    assert q(digits_split.test.X[:2]).shape == (2, 10)
+
+
 def test_transformer_layers_can_be_dropped(digits_split):
     model = trained(digits_split, "transformer", epochs=1, depth=4)
     q, info = pare.compress(model, PruneConfig(method="blocks", target="params", amount=0.25), digits_split)

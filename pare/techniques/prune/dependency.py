@@ -118,9 +118,20 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, Grap
         for i in ids or []:
             graph.unsafe.setdefault(i, why)
 
+    sequence: set[int] = set()  # ids of token features: followed only through activations into a linear layer
     for node in gm.graph.nodes:
         inputs = [a for a in node.all_input_nodes]
         first = ids_of(node.args[0]) if node.args else None
+        token_inputs = [ids_of(a) for a in inputs if ids_of(a) and ids_of(a)[0] in sequence]
+        if token_inputs and not _keeps_token_features(node, modules):
+            # attention reshapes features into heads, norms and residual streams tie them across
+            # layers: not followed (yet); the FFN's hidden neurons are
+            for ids in token_inputs:
+                mark_unsafe(
+                    ids, f"{node.name}: {getattr(node.target, '__name__', node.target)} on token features"
+                )
+            chans[node] = None
+            continue
         out: list[int] | None = None
         if node.op == "placeholder" or node.op == "get_attr":
             out = None
@@ -140,9 +151,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, Grap
                 for k, i in enumerate(out):
                     graph.producers[i] = (node.target, k)
                 if isinstance(m, nn.Linear) and _is_sequence(node):
-                    mark_unsafe(
-                        out, f"{node.target}: linear over a sequence"
-                    )  # tokens x features: keep simple
+                    sequence.update(out)  # features on the last axis of (batch, tokens, features)
             elif (
                 isinstance(m, nn.Conv2d) and first is not None and m.groups == m.in_channels == m.out_channels
             ):
@@ -224,6 +233,40 @@ def _consume(graph: Graph, name: str, ids: list[int], m: nn.Module, node: fx.Nod
 def _shape(node: fx.Node):
     meta = node.meta.get("tensor_meta")
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.Dropout,
+    nn.Identity,
+    nn.Hardswish,
+)
+
+
+def _keeps_token_features(node: fx.Node, modules) -> bool:
+    """Ops that token features may pass through: element-wise activations, and a linear layer
+    (which consumes them)."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], ACTIVATIONS + (nn.Linear,))
+    if node.op == "call_function":
+        return node.target in {
+            F.relu,
+            torch.relu,
+            F.gelu,
+            F.silu,
+            torch.sigmoid,
+            torch.tanh,
+            F.dropout,
+            F.leaky_relu,
+            F.hardswish,
+        }
+    return node.op == "call_method" and node.target in {"relu", "sigmoid", "tanh"}
 
 
 def _is_sequence(node: fx.Node) -> bool:
