@@ -24,7 +24,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from pare.errors import UnsupportedModelError
 
-PASS_MODULES = (
+# element-wise: channel k in is channel k out, whatever the layout
+ACTIVATION_MODULES = (
     nn.ReLU,
     nn.ReLU6,
     nn.GELU,
@@ -34,14 +35,9 @@ PASS_MODULES = (
     nn.LeakyReLU,
     nn.Dropout,
     nn.Identity,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
     nn.Hardswish,
 )
-NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
-PASS_FUNCTIONS = {
+ACTIVATION_FUNCTIONS = {
     F.relu,
     torch.relu,
     F.gelu,
@@ -49,12 +45,17 @@ PASS_FUNCTIONS = {
     torch.sigmoid,
     torch.tanh,
     F.dropout,
+    F.leaky_relu,
+    F.hardswish,
+}
+# channel-first (N, C, H, W) ops that keep the channel axis
+PASS_MODULES = ACTIVATION_MODULES + (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+PASS_FUNCTIONS = ACTIVATION_FUNCTIONS | {
     F.max_pool2d,
     F.avg_pool2d,
     F.adaptive_avg_pool2d,
     F.adaptive_max_pool2d,
-    F.leaky_relu,
-    F.hardswish,
 }
 PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone"}
 ELEMENTWISE = {operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub}
@@ -235,37 +236,13 @@ def _shape(node: fx.Node):
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-ACTIVATIONS = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.LeakyReLU,
-    nn.Dropout,
-    nn.Identity,
-    nn.Hardswish,
-)
-
-
 def _keeps_token_features(node: fx.Node, modules) -> bool:
     """Ops that token features may pass through: element-wise activations, and a linear layer
     (which consumes them)."""
     if node.op == "call_module":
-        return isinstance(modules[node.target], ACTIVATIONS + (nn.Linear,))
+        return isinstance(modules[node.target], ACTIVATION_MODULES + (nn.Linear,))
     if node.op == "call_function":
-        return node.target in {
-            F.relu,
-            torch.relu,
-            F.gelu,
-            F.silu,
-            torch.sigmoid,
-            torch.tanh,
-            F.dropout,
-            F.leaky_relu,
-            F.hardswish,
-        }
+        return node.target in ACTIVATION_FUNCTIONS
     return node.op == "call_method" and node.target in {"relu", "sigmoid", "tanh"}
 
 
