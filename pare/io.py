@@ -40,3 +40,30 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def save_predictions(stage_dir: str | Path, folds: list[tuple]) -> Path:
+    """Each fold's test labels and class probabilities, ``[(y, proba), ...]``, to predictions.npz."""
+    import numpy as np
+
+    arrays = {}
+    for i, (y, proba) in enumerate(folds):
+        arrays[f"y_{i}"], arrays[f"proba_{i}"] = y, proba
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez(f, **arrays)
+
+    return atomic_write(Path(stage_dir) / "predictions.npz", write)
+
+
+def load_predictions(stage_dir: str | Path) -> list[tuple] | None:
+    """What ``save_predictions`` wrote, or None when the stage has no predictions file."""
+    import numpy as np
+
+    path = Path(stage_dir) / "predictions.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        n = len([k for k in f.files if k.startswith("y_")])
+        return [(f[f"y_{i}"], f[f"proba_{i}"]) for i in range(n)]

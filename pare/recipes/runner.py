@@ -32,7 +32,7 @@ from pare.data import Split, make_splits
 from pare.errors import ConfigError, PareError
 from pare.evaluate import predict_proba, score, softmax
 from pare.export import export_onnx, load_weights_file, onnx_latency, onnx_predict, ort_session, save_weights
-from pare.io import atomic_write, atomic_write_json
+from pare.io import atomic_write_json, load_predictions, save_predictions
 from pare.metrics import bootstrap_deltas, majority_accuracy
 from pare.models import build_model
 from pare.progress import console, status
@@ -162,8 +162,8 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseli
         histories.append(history.to_dict() if hasattr(history, "to_dict") else history)
         infos.append(info)
         with status(f"evaluating {name}{tag} on {len(split.test)} test samples"):
-            evals.append(_evaluate(model, split, recipe, stage_dir, fold, technique, stage, info))
-    _save_predictions(stage_dir, evals)
+            evals.append(_evaluate(model, split, recipe, stage_dir, technique, stage, info))
+    save_predictions(stage_dir, [(e["y"], e["proba"]) for e in evals])
     with status(f"measuring cost of {name}: FLOPs, memory, latency in torch and ONNX Runtime"):
         cost = _cost(new_models[0], splits[0], recipe, stage_dir, evals[0])
     record = {
@@ -186,19 +186,21 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseli
             record,
             baseline_record,
             evals,
-            _load_predictions(stage_dir.parent.parent, baseline_record),
+            load_predictions(stage_dir.parent.parent / Path(baseline_record["artifact"]).parent),
             recipe,
         )
     return record, new_models
+
+
+def _n_folds(recipe: Recipe) -> int:
+    return recipe.data.cv_folds or 1
 
 
 def _weights_name(fold: int, n_folds: int) -> str:
     return "model.safetensors" if n_folds == 1 else f"model-fold{fold}.safetensors"
 
 
-def _evaluate(
-    model, split: Split, recipe: Recipe, stage_dir: Path, fold: int, technique, stage, info
-) -> dict:
+def _evaluate(model, split: Split, recipe: Recipe, stage_dir: Path, technique, stage, info) -> dict:
     """Test-set quality of what the stage ships: the torch model, or the technique's exported
     artifact when it is meant to run elsewhere (e.g. an int8 ONNX graph in ONNX Runtime)."""
     ev = recipe.evaluate
@@ -253,7 +255,7 @@ def _cost(model, split: Split, recipe: Recipe, stage_dir: Path, evaluation: dict
     ev = recipe.evaluate
     example = split.test.X[:1]
     cost = profile(model, example, batch_size=ev.latency_batch, repeats=ev.latency_repeats)
-    weights = stage_dir / _weights_name(0, 1 if not recipe.data.cv_folds else recipe.data.cv_folds)
+    weights = stage_dir / _weights_name(0, _n_folds(recipe))
     files = {weights.name: weights.stat().st_size}
     sizes = sorted({1, ev.latency_batch})
     exported = evaluation.get("exported")
@@ -273,7 +275,8 @@ def _cost(model, split: Split, recipe: Recipe, stage_dir: Path, evaluation: dict
         session = ort_session(onnx_path)
         files[onnx_path.name] = onnx_path.stat().st_size
         cost["latency"]["onnxruntime"] = onnx_latency(session, split.input_shape, sizes, ev.latency_repeats)
-        ort_top1 = onnx_predict(session, split.test.X.numpy()).argmax(1)
+        shipped = exported and exported.get("runtime") == "onnxruntime"  # already run on the test set
+        ort_top1 = (evaluation["proba"] if shipped else onnx_predict(session, split.test.X.numpy())).argmax(1)
         # ONNX Runtime against the torch model (for quantized stages, pare's simulation of it)
         cost["onnx_top1_agreement"] = float((ort_top1 == evaluation["torch_proba"].argmax(1)).mean())
     cost["files"] = files
@@ -329,7 +332,7 @@ def _diagnose(model, split: Split, recipe: Recipe) -> dict:
 
 
 def compare(
-    record: dict, baseline: dict, evals: list[dict], baseline_preds: list[dict], recipe: Recipe
+    record: dict, baseline: dict, evals: list[dict], baseline_preds: list[tuple], recipe: Recipe
 ) -> dict:
     """A stage against the baseline: metric deltas (paired bootstrap intervals on the same test
     samples), and size, FLOPs and latency ratios (baseline / stage, same runtime and batch)."""
@@ -341,7 +344,7 @@ def compare(
     if ev.bootstrap:
         y = np.concatenate([e["y"] for e in evals])
         proba = np.concatenate([e["proba"] for e in evals])
-        ref = np.concatenate([p["proba"] for p in baseline_preds])
+        ref = np.concatenate([p for _, p in baseline_preds])
         deltas = bootstrap_deltas(
             y, proba, ref, n_boot=ev.bootstrap, confidence=ev.confidence, seed=recipe.seed
         )
@@ -361,25 +364,6 @@ def compare(
     return out
 
 
-def _save_predictions(stage_dir: Path, evals: list[dict]) -> None:
-    arrays = {}
-    for i, e in enumerate(evals):
-        arrays[f"y_{i}"], arrays[f"proba_{i}"] = e["y"], e["proba"]
-    atomic_write(stage_dir / "predictions.npz", lambda tmp: _savez(tmp, arrays))
-
-
-def _savez(path: str, arrays: dict) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
-        np.savez(f, **arrays)
-
-
-def _load_predictions(out: Path, record: dict) -> list[dict]:
-    path = out / Path(record["artifact"]).parent / "predictions.npz"
-    with np.load(path) as f:
-        n = len([k for k in f.files if k.startswith("y_")])
-        return [{"y": f[f"y_{i}"], "proba": f[f"proba_{i}"]} for i in range(n)]
-
-
 def _restore(recipe, stage, models, split: Split, stage_dir: Path, record: dict, fold: int):
     """Rebuild a finished stage's model (structure, then saved weights) for ``--resume``."""
     if stage is None:
@@ -389,8 +373,7 @@ def _restore(recipe, stage, models, split: Split, stage_dir: Path, record: dict,
         model = copy.deepcopy(models[fold])
         if technique.restore is not None:
             model = technique.restore(model, stage.config, record.get("info") or {})
-    n_folds = recipe.data.cv_folds or 1
-    return load_weights_file(model, stage_dir / _weights_name(fold, n_folds)).eval()
+    return load_weights_file(model, stage_dir / _weights_name(fold, _n_folds(recipe))).eval()
 
 
 def _previous_stages(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> list[dict]:
@@ -424,7 +407,7 @@ def _previous_stages(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool
         if i > 0 and (i > len(new["stages"]) or new["stages"][i - 1] != old["recipe"]["stages"][i - 1]):
             break
         stage_dir = out / Path(record["artifact"]).parent
-        n_folds = recipe.data.cv_folds or 1
+        n_folds = _n_folds(recipe)
         if not all((stage_dir / _weights_name(f, n_folds)).exists() for f in range(n_folds)):
             break
         kept.append(record)

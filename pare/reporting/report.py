@@ -11,21 +11,11 @@ import base64
 import html
 from pathlib import Path
 
-import numpy as np
-
-from pare.io import atomic_write_text
+from pare.io import atomic_write_text, load_predictions
 from pare.metrics import roc_curves
 from pare.reporting import plots
 from pare.reporting.format import fmt_bytes, fmt_count, fmt_delta, fmt_metric, fmt_ms
 from pare.reporting.summary import HEADER, summary_rows
-
-
-def _predictions(out: Path, stage: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    path = out / Path(stage["artifact"]).parent / "predictions.npz"
-    if not path.exists():
-        return None
-    with np.load(path) as f:
-        return f["y_0"], f["proba_0"]
 
 
 def build(results: dict, out: Path) -> list[tuple]:
@@ -122,9 +112,9 @@ def build(results: dict, out: Path) -> list[tuple]:
         blocks.append(("table", ["stage", "Δ accuracy [95 % CI]", "Δ F1 macro", "Δ ROC AUC"], deltas))
     curves = {}
     for s in stages:
-        pred = _predictions(out, s)
-        if pred is not None:
-            curves[s["name"]] = roc_curves(pred[0], pred[1], classes)
+        folds = load_predictions(out / Path(s["artifact"]).parent)
+        if folds:
+            curves[s["name"]] = roc_curves(*folds[0], classes)
     if any(curves.values()):
         blocks.append(("img", plots.roc_plot(curves, plot_dir / "roc.png"), "ROC curves (test split)"))
     for s in (stages[0], stages[-1]) if len(stages) > 1 else (stages[0],):

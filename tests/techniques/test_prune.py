@@ -18,7 +18,8 @@ from pare.techniques.prune import PruneConfig
 from pare.techniques.prune.apply import schedule
 from pare.techniques.prune.blocks import drop, residual_blocks
 from pare.techniques.prune.criteria import activation_entropy, channel_scores
-from pare.techniques.prune.structured import reshape
+from pare.techniques.prune.dependency import trace
+from pare.techniques.prune.structured import channel_groups, reshape, shrink
 from pare.techniques.prune.unstructured import load_sparse, n_m_masks, save_sparse, threshold_masks
 
 
@@ -95,6 +96,26 @@ def test_structured_pruning_makes_every_zoo_model_smaller(tmp_path, digits_split
         np.testing.assert_allclose(
             onnx_predict(ort_session(tmp_path / "q.onnx"), x.numpy()), q(x).numpy(), atol=1e-4
         )
+
+
+def test_removing_channels_equals_zeroing_them(digits_split, resnet):
+    """Surgery is exact: a model with groups removed computes what the full model computes with
+    those channels' producers and norms zeroed."""
+    _, graph = trace(resnet, digits_split.test.X[:2])
+    safe = [g for g in channel_groups(graph) if g.unsafe is None]
+    removed = [safe[i] for i in range(0, len(safe), 4)]  # tied residual groups included
+    zeroed, shrunk = copy.deepcopy(resnet), copy.deepcopy(resnet)
+    with torch.no_grad():
+        for g in removed:
+            for name, k in g.producers + g.followers:
+                m = zeroed.get_submodule(name)
+                m.weight[k] = 0
+                if m.bias is not None:
+                    m.bias[k] = 0
+    shrink(shrunk, removed)
+    x = digits_split.test.X
+    assert count_params(shrunk)["params"] < count_params(resnet)["params"]
+    assert torch.allclose(shrunk(x), zeroed(x), atol=1e-5)
 
 
 def test_user_model_with_residual_and_concat(digits_split):

@@ -23,7 +23,7 @@ from pare.errors import UnsupportedModelError
 from pare.techniques.quantize.layers import ActQuant, QuantLayer
 from pare.techniques.quantize.observers import Observer
 
-_COMPUTE_FUNCTIONS = {operator.add, torch.add, torch.cat, torch.flatten, torch.mean, F.adaptive_avg_pool2d}
+_COMPUTE_FUNCTIONS = {operator.add, torch.add, torch.cat, torch.mean, F.adaptive_avg_pool2d}
 _RELU_FUNCTIONS = {F.relu, torch.relu}
 
 
@@ -47,7 +47,7 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
 def _is_compute(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
         return isinstance(gm.get_submodule(node.target), QuantLayer | nn.AdaptiveAvgPool2d)
-    return node.op == "call_function" and node.target in (_COMPUTE_FUNCTIONS - {torch.flatten})
+    return node.op == "call_function" and node.target in _COMPUTE_FUNCTIONS
 
 
 def prepare_static(model: nn.Module, specs: dict, make_observer) -> fx.GraphModule:

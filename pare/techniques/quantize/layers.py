@@ -18,18 +18,17 @@ import torch.nn.functional as F
 
 from pare.errors import PareError
 from pare.techniques.quantize.observers import Observer
-from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
+from pare.techniques.quantize.quantizers import WeightSpec, affine_params, quantize_weight
 from pare.training.hooks import Hook
 
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations: what ONNX Runtime's x86 int8 kernels take
 
 
 def act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
-    levels = 2**bits - 1
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max(hi - lo, 1e-8) / levels
-    zero = int(round(-lo / scale))
-    return scale, max(0, min(levels, zero))
+    """Unsigned asymmetric scale and zero point for an activation range, as Python numbers
+    (what the fake-quant op and the exported QuantizeLinear take)."""
+    scale, zero = affine_params(torch.tensor([lo]), torch.tensor([hi]), bits, symmetric=False)
+    return float(scale[0]), int(zero[0])
 
 
 class QuantLayer(nn.Module):
