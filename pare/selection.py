@@ -49,7 +49,7 @@ def select_layers(
         if not any(matches(n, pattern) for n in candidates):
             problems.append(
                 f"{key}: {pattern!r} matches no layer of type {'/'.join(_type_name(t) for t in types)}"
-                f"{did_you_mean(pattern, candidates)}; layers: {_listing(candidates)}"
+                f"{did_you_mean(pattern, candidates)}; layers: {listing(candidates)}"
             )
     if problems:
         raise ConfigError(problems)
@@ -61,9 +61,15 @@ def select_layers(
     }
     if not selected:
         raise ConfigError(
-            f"{key}: no layer selected (include={include}, exclude={exclude}); layers: {_listing(candidates)}"
+            f"{key}: no layer selected (include={include}, exclude={exclude}); layers: {listing(candidates)}"
         )
     return selected
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where the submodule called ``name`` was."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def layer_options(name: str, defaults: Mapping, overrides: Mapping[str, Mapping] | None) -> dict:
@@ -79,7 +85,7 @@ def _type_name(t) -> str:
     return t.__name__ if isinstance(t, type) else str(t)
 
 
-def _listing(names: Mapping | Iterable[str], limit: int = 20) -> str:
+def listing(names: Mapping | Iterable[str], limit: int = 20) -> str:
     names = list(names)
     if not names:
         return "none"

@@ -15,8 +15,8 @@ from pare.training import History, fit
 
 @dataclass
 class StageContext:
-    """Data, the trained baseline (a teacher for distillation), the recipe's training settings
-    and a place for extra files. ``fit`` and ``evaluate`` use validation data only: test data
+    """Data, the trained baseline and every earlier stage's model (teachers for distillation),
+    the recipe's training settings and a place for extra files. ``fit`` and ``evaluate`` use validation data only: test data
     is for the final measurement, never for a technique's choices."""
 
     split: Split
@@ -25,6 +25,7 @@ class StageContext:
     seed: int
     out_dir: Path
     name: str
+    stages: dict[str, nn.Module] = dataclasses.field(default_factory=dict)  # earlier stages by name
 
     def fit(self, model: nn.Module, *, hooks=(), params=None, **overrides) -> History:
         """Train with the recipe's settings, overridden by keyword (e.g. ``epochs=3, lr=1e-4``)."""

@@ -103,7 +103,7 @@ def run(
                 stage_dir,
                 splits,
                 source,
-                outputs.get("baseline"),
+                outputs,
                 baseline_record,
                 source_name,
             )
@@ -119,7 +119,7 @@ def run(
     return results
 
 
-def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseline_record, source_name=None):
+def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline_record, source_name=None):
     if stage_dir.exists():  # a stale or interrupted attempt of this stage
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
@@ -146,11 +146,12 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, baselines, baseli
         else:
             ctx = StageContext(
                 split=split,
-                baseline=baselines[fold],
+                baseline=earlier["baseline"][fold],
                 train_config=recipe.train,
                 seed=recipe.seed + fold,
                 out_dir=stage_dir,
                 name=f"{name}{tag}",
+                stages={n: ms[fold] for n, ms in earlier.items()},
             )
             model, info = technique.apply(copy.deepcopy(models[fold]), stage.config, ctx)
             info = dict(info or {})

@@ -1,7 +1,10 @@
 """Compression techniques, one package each (config / apply / layers). Importing this package
-registers them. None ship yet: quantize, prune, distill, lowrank, share, lora and nas plug in here."""
+registers them: prune, quantize, distill, lowrank and share; lora and nas plug in the same way."""
 
-from pare.techniques import (
-    prune,  # noqa: E402,F401
-    quantize,  # noqa: E402,F401
+from pare.techniques import (  # noqa: F401  (importing registers)
+    distill,
+    lowrank,
+    prune,
+    quantize,
+    share,
 )

@@ -24,7 +24,9 @@ class TrainState:
     step: int = 0
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    indices: torch.Tensor | None = None  # rows of the training part in this batch (for cached outputs)
     outputs: torch.Tensor | None = None
+    task_weight: float = 1.0  # weight of the cross-entropy on the labels (distillation lowers it)
     extra: dict = field(default_factory=dict)  # hooks share state here
 
 

@@ -56,12 +56,16 @@ def make_scheduler(optimizer, cfg, steps_per_epoch: int):
     return None
 
 
-def batches(part: Part, batch_size: int, generator: torch.Generator | None = None):
-    """Mini-batches of an in-memory part; shuffled when a generator is given."""
-    n = len(part)
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None):
+    """Row indices of each mini-batch; shuffled when a generator is given."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size]
+        yield order[i : i + batch_size]
+
+
+def batches(part: Part, batch_size: int, generator: torch.Generator | None = None):
+    """Mini-batches of an in-memory part; shuffled when a generator is given."""
+    for idx in batch_indices(len(part), batch_size, generator):
         yield part.X[idx], part.y[idx]
 
 
@@ -114,8 +118,9 @@ def fit(
             model.train()
             sums = {"loss": 0.0, "correct": 0, "n": 0}
             term_sums: dict[str, float] = {}
-            for x, y in batches(train, cfg.batch_size, generator):
-                state.inputs, state.targets = x, y
+            for idx in batch_indices(len(train), cfg.batch_size, generator):
+                x, y = train.X[idx], train.y[idx]
+                state.inputs, state.targets, state.indices = x, y, idx
                 for h in hooks:
                     h.before_step(state)
                 with contextlib.ExitStack() as stack:
@@ -123,7 +128,7 @@ def fit(
                         stack.enter_context(h.forward_context(state))
                     state.outputs = model(state.inputs)
                 task_loss = F.cross_entropy(state.outputs, state.targets)
-                loss = task_loss
+                loss = state.task_weight * task_loss
                 for h in hooks:
                     for name, term in h.loss_terms(state).items():
                         loss = loss + term

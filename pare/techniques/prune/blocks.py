@@ -14,6 +14,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from pare.selection import replace_module
+
 _PASS = (nn.ReLU, nn.Identity, nn.Dropout, nn.GELU, nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)
 
 
@@ -85,6 +87,5 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 def drop(model: nn.Module, names: list[str]) -> nn.Module:
     for name in names:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+        replace_module(model, name, nn.Identity())
     return model

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pare.selection import replace_module
 from pare.techniques.prune.dependency import Graph
 
 
@@ -50,11 +51,6 @@ def channel_groups(graph: Graph) -> list[ChannelGroup]:
     return out
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 @torch.no_grad()
 def shrink(model: nn.Module, remove: list[ChannelGroup]) -> dict[str, dict]:
     """Remove the channels of ``remove`` from every layer they touch; returns the kept indices
@@ -71,7 +67,7 @@ def shrink(model: nn.Module, remove: list[ChannelGroup]) -> dict[str, dict]:
         m = model.get_submodule(name)
         out_keep = _keep(_out_size(m), drop_out.get(name, set()))
         in_keep = _keep(_in_size(m), drop_in.get(name, set())) if _in_size(m) is not None else None
-        _set(model, name, _sliced(m, out_keep, in_keep))
+        replace_module(model, name, _sliced(m, out_keep, in_keep))
         kept[name] = {"out": out_keep, "in": in_keep}
     return kept
 
@@ -168,5 +164,5 @@ def reshape(model: nn.Module, target: dict[str, dict]) -> nn.Module:
             continue
         out_keep = list(range(size["out"]))
         in_keep = list(range(size["in"])) if "in" in size and size.get("groups", 1) == 1 else None
-        _set(model, name, _sliced(m, out_keep, in_keep))
+        replace_module(model, name, _sliced(m, out_keep, in_keep))
     return model

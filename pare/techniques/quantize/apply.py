@@ -14,7 +14,7 @@ import torch.nn as nn
 from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.progress import console
 from pare.registry import register
-from pare.selection import layer_options, select_layers
+from pare.selection import layer_options, replace_module, select_layers
 from pare.techniques.quantize import graph
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import export_dynamic, export_qdq
@@ -90,9 +90,7 @@ def calibration_batches(ctx, config: QuantizeConfig, batch_size: int = 64):
 
 def wrap_layers(model: nn.Module, specs: dict[str, WeightSpec], dynamic_bits: int | None = None) -> nn.Module:
     for name, spec in specs.items():
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        setattr(owner, child, QuantLayer(getattr(owner, child), spec, dynamic_bits=dynamic_bits))
+        replace_module(model, name, QuantLayer(model.get_submodule(name), spec, dynamic_bits=dynamic_bits))
     return model
 
 
@@ -280,7 +278,7 @@ def export(
     merged = merge_all(copy.deepcopy(model))
     packed = {f"{n}.weight": (layer.quantized, layer.spec) for n, layer in quant_layers(model).items()}
     path = stage_dir / "model.packed.safetensors"
-    save_packed(merged, packed, path)
+    save_packed(merged, packed, path, entropy_coding=config.entropy_coding)
     return {"artifact": path, "runtime": "torch"}
 
 

@@ -56,6 +56,7 @@ class QuantizeConfig:
     qat_lr: float = param(1e-4, gt=0)
     sensitivity: bool = False
     mixed: MixedPrecisionConfig | None = None
+    entropy_coding: bool = False  # packed artifacts (weight_only): codes LZMA-compressed, lossless
 
     @property
     def weight_bits(self) -> int:
@@ -97,6 +98,11 @@ class QuantizeConfig:
         if self.mixed is not None and self.mode != "weight_only":
             problems.append(
                 f"mixed: mixed precision chooses sub-8-bit widths and needs mode: weight_only (got {self.mode!r})"
+            )
+        if self.entropy_coding and self.runs_in_onnxruntime:
+            problems.append(
+                f"entropy_coding: mode {self.mode!r} ships an ONNX graph that ONNX Runtime loads as is; "
+                f"entropy coding applies to pare's packed artifact (mode: weight_only)"
             )
         if self.mixed is not None and s != "affine":
             problems.append(f"mixed: mixed precision uses the affine scheme (got {s!r})")

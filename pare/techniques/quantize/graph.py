@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
 
 from pare.errors import UnsupportedModelError
+from pare.selection import replace_module
 from pare.techniques.quantize.layers import ActQuant, QuantLayer
 from pare.techniques.quantize.observers import Observer
 
@@ -55,9 +56,7 @@ def prepare_static(model: nn.Module, specs: dict, make_observer) -> fx.GraphModu
     fresh Observer. The result calibrates when run (observers collect) until ``finalize``."""
     gm = trace(model, "static quantization")
     for name, spec in specs.items():
-        parent, _, child = name.rpartition(".")
-        owner = gm.get_submodule(parent) if parent else gm
-        setattr(owner, child, QuantLayer(getattr(owner, child), spec))
+        replace_module(gm, name, QuantLayer(gm.get_submodule(name), spec))
     graph = gm.graph
     count = 0
     for node in list(graph.nodes):

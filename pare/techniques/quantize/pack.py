@@ -4,11 +4,14 @@ One safetensors file. Each quantized weight ``<name>`` is stored as ``<name>.cod
 ``bits`` bits per code, little-endian) plus its parameters (``<name>.scale``, ``.zero_point``,
 ``.codebook``, ...); everything else is stored as is. The header metadata records, per layer,
 the scheme, bit width, shape and code offset, so ``load_packed`` can rebuild the dequantized
-weights into a model of the same architecture.
+weights into a model of the same architecture. With entropy coding the packed codes are
+LZMA-compressed (lossless; pays off when few codes dominate, e.g. the zero code of a pruned
+layer). Hashed layers (the hashing trick) store only their shared values and a seed.
 """
 
 from __future__ import annotations
 
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +63,10 @@ def dequantize(codes: torch.Tensor, params: dict[str, torch.Tensor], spec: Weigh
 
 
 def save_packed(
-    model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]], path: Path
+    model: nn.Module,
+    quantized: dict[str, tuple[QuantizedWeight, WeightSpec]],
+    path: Path,
+    entropy_coding: bool = False,
 ) -> int:
     """``quantized``: parameter name of each quantized weight -> (its QuantizedWeight, spec)."""
     tensors: dict[str, torch.Tensor] = {}
@@ -70,6 +76,10 @@ def save_packed(
             tensors[name] = value.detach().contiguous()
             continue
         qw, spec = quantized[name]
+        if spec.scheme == "hashed":
+            tensors[f"{name}.values"] = qw.params["values"].float().contiguous()
+            layers[name] = {"scheme": "hashed", "shape": list(value.shape), "seed": int(qw.params["seed"])}
+            continue
         if qw.codes is None:  # fp16 / bf16: the low-precision tensor is the payload
             tensors[name] = qw.params["weight"].contiguous()
             layers[name] = {"scheme": spec.scheme, "bits": 16, "shape": list(value.shape)}
@@ -77,7 +87,12 @@ def save_packed(
         offset = int(qw.codes.min())
         stored = (qw.codes.to(torch.int64) - offset).numpy()
         width = max(1, int(stored.max()).bit_length())
-        tensors[f"{name}.codes"] = torch.from_numpy(pack_bits(stored, width))
+        payload = pack_bits(stored, width)
+        if entropy_coding:
+            payload = np.frombuffer(
+                lzma.compress(payload.tobytes(), preset=9 | lzma.PRESET_EXTREME), np.uint8
+            )
+        tensors[f"{name}.codes"] = torch.from_numpy(payload.copy())
         for key, p in qw.params.items():
             tensors[f"{name}.{key}"] = (
                 p.detach().float().reshape(-1).contiguous() if p.dim() else p.float().reshape(1)
@@ -89,6 +104,7 @@ def save_packed(
             "shape": list(value.shape),
             "count": int(qw.codes.numel()),
             "spec": spec.__dict__,
+            **({"lzma": True} if entropy_coding else {}),
         }
     return save_tensors(tensors, path, "pare_packed", layers)
 
@@ -101,13 +117,19 @@ def load_packed(model: nn.Module, path: Path) -> nn.Module:
         info = layers.get(name)
         if info is None:
             state[name] = tensors[name]
+        elif info["scheme"] == "hashed":
+            from pare.techniques.share.tying import expand, hash_tying
+
+            values = tensors[f"{name}.values"]
+            state[name] = expand(values, hash_tying(info["shape"], len(values), info["seed"])).to(value.dtype)
         elif info["bits"] == 16:
             state[name] = tensors[name].to(value.dtype)
         else:
             spec = WeightSpec(**info["spec"])
-            codes = (
-                unpack_bits(tensors[f"{name}.codes"].numpy(), info["bits"], info["count"]) + info["offset"]
-            )
+            payload = tensors[f"{name}.codes"].numpy()
+            if info.get("lzma"):
+                payload = np.frombuffer(lzma.decompress(payload.tobytes()), np.uint8)
+            codes = unpack_bits(payload, info["bits"], info["count"]) + info["offset"]
             params = {
                 k.split(".")[-1]: v
                 for k, v in tensors.items()

@@ -129,22 +129,35 @@ def quantize_pow2(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:
     return QuantizedWeight(deq.reshape(w.shape), codes.reshape(w.shape), {"e_min": e_min}, spec.bits)
 
 
-def quantize_codebook(w: torch.Tensor, spec: WeightSpec, seed: int = 0) -> QuantizedWeight:
-    """Non-uniform: k-means over the layer's values with 2^bits centroids (a look-up table)."""
+def kmeans_1d(values: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """At most ``k`` sorted centroids of 1-D ``values``; exact when they hold ``k`` or fewer
+    distinct numbers (so clustering an already shared layer changes nothing)."""
     from sklearn.cluster import KMeans
 
-    values = w.detach().reshape(-1, 1).double().numpy()
-    k = min(2**spec.bits, len(np.unique(values)))
+    distinct = np.unique(values)
+    if len(distinct) <= k:
+        return distinct
     rng = np.random.default_rng(seed)
-    sample = values if len(values) <= 20000 else values[rng.choice(len(values), 20000, replace=False)]
+    sample = values if len(values) <= 20000 else rng.choice(values, 20000, replace=False)
     # initialise on quantiles: deterministic and already close for bell-shaped weights
-    init = np.quantile(sample, (np.arange(k) + 0.5) / k).reshape(-1, 1)
-    km = KMeans(n_clusters=k, init=init, n_init=1, max_iter=100, random_state=seed).fit(sample)
-    centroids = np.sort(km.cluster_centers_.ravel())
-    codes = np.abs(values - centroids[None, :]).argmin(1)
+    init = np.unique(np.quantile(sample, (np.arange(k) + 0.5) / k)).reshape(-1, 1)
+    km = KMeans(n_clusters=len(init), init=init, n_init=1, max_iter=100, random_state=seed)
+    return np.sort(km.fit(sample.reshape(-1, 1)).cluster_centers_.ravel())
+
+
+def nearest(values: torch.Tensor, centroids: np.ndarray) -> torch.Tensor:
+    """Index of the closest centroid for every value (same shape as ``values``)."""
+    table = torch.as_tensor(centroids, dtype=values.dtype)
+    return (values.reshape(-1, 1) - table[None, :]).abs().argmin(1).reshape(values.shape)
+
+
+def quantize_codebook(w: torch.Tensor, spec: WeightSpec, seed: int = 0) -> QuantizedWeight:
+    """Non-uniform: k-means over the layer's values with 2^bits centroids (a look-up table)."""
+    values = w.detach().double()
+    centroids = kmeans_1d(values.reshape(-1).numpy(), 2**spec.bits, seed)
+    codes = nearest(values, centroids).to(torch.int32)
     table = torch.tensor(centroids, dtype=w.dtype)
-    codes_t = torch.from_numpy(codes).to(torch.int32).reshape(w.shape)
-    return QuantizedWeight(table[codes_t.long()], codes_t, {"codebook": table}, spec.bits)
+    return QuantizedWeight(table[codes.long()], codes, {"codebook": table}, spec.bits)
 
 
 def quantize_fixed_point(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:

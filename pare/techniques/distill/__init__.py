@@ -1,0 +1,6 @@
+"""Knowledge distillation: soft targets, features, multi-teacher, born-again, contrastive."""
+
+from pare.techniques.distill.apply import distill
+from pare.techniques.distill.config import DistillConfig
+
+__all__ = ["distill", "DistillConfig"]

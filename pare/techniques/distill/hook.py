@@ -1,0 +1,176 @@
+"""The distillation training hook: teacher outputs (live or cached), student captures, and the
+loss terms added to the training loop's task loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pare.errors import ConfigError
+from pare.techniques.distill.losses import feature_loss, info_nce, kd_loss, soft_targets
+from pare.training import Hook
+
+
+def last_linear(model: nn.Module) -> str:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ConfigError(
+            "crd: the model has no Linear layer whose input could serve as its embedding; "
+            "name one with crd.teacher_layer / crd.student_layer"
+        )
+    return names[-1]
+
+
+class Captures:
+    """Forward hooks keeping the outputs of named modules from the latest forward pass; a name
+    in ``inputs`` keeps that module's input instead (the embedding entering a classifier)."""
+
+    def __init__(self, model: nn.Module, outputs: list[str] = (), inputs: list[str] = ()):
+        self.values: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        self.handles = [
+            modules[n].register_forward_hook(lambda m, i, o, n=n: self.values.__setitem__(n, o))
+            for n in outputs
+        ] + [
+            modules[n].register_forward_hook(lambda m, i, o, n=n: self.values.__setitem__(f"in:{n}", i[0]))
+            for n in inputs
+        ]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class TeacherBank:
+    """Frozen teachers in eval mode. With ``cache``, every output the student needs (logits,
+    features, embeddings) is computed once over the training inputs and looked up by row, and
+    the teacher models are released: training then needs no teacher in memory."""
+
+    def __init__(self, teachers: list[nn.Module], features: list[str], embedding: tuple[str, bool] | None):
+        self.teachers = [t.eval().requires_grad_(False) for t in teachers]
+        self.features = features  # output names on the first teacher
+        self.embedding = embedding  # (module name, take its input?) on the first teacher
+        self.cache: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for k, teacher in enumerate(self.teachers):
+            capture = None
+            if k == 0:
+                name, is_input = self.embedding or (None, False)
+                capture = Captures(
+                    teacher,
+                    outputs=self.features + ([name] if name and not is_input else []),
+                    inputs=[name] if name and is_input else [],
+                )
+            try:
+                out[f"logits{k}"] = teacher(x)
+            finally:
+                if capture is not None:
+                    capture.remove()
+            if capture is not None:
+                out.update({f"feature:{n}": capture.values[n] for n in self.features})
+                if self.embedding:
+                    name, is_input = self.embedding
+                    out["embedding"] = capture.values[f"in:{name}" if is_input else name].flatten(1)
+        return out
+
+    def build_cache(self, X: torch.Tensor, batch_size: int = 256) -> int:
+        parts = [self.compute(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
+        self.cache = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        self.teachers = []  # no longer needed: training reads the cache
+        return sum(t.numel() * t.element_size() for t in self.cache.values())
+
+    def outputs(self, x: torch.Tensor, indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if self.cache is not None:
+            return {k: v[indices] for k, v in self.cache.items()}
+        return self.compute(x)
+
+    @property
+    def count(self) -> int:
+        return len(self.teachers) if self.cache is None else sum(k.startswith("logits") for k in self.cache)
+
+
+class Adapter(nn.Module):
+    """Maps a student feature onto the teacher's shape: pool to the teacher's resolution, then a
+    1x1 convolution (images) or a linear layer (vectors, tokens) when the widths differ."""
+
+    def __init__(self, student_shape: torch.Size, teacher_shape: torch.Size, where: str):
+        super().__init__()
+        s, t = tuple(student_shape[1:]), tuple(teacher_shape[1:])
+        if len(s) != len(t) or (len(s) == 2 and s[0] != t[0]) or len(s) not in (1, 2, 3):
+            raise ConfigError(
+                f"{where}: student feature of shape {s} cannot be matched to teacher feature {t}; "
+                f"pick layers whose outputs are both images (C, H, W), vectors (D) or the same tokens (T, D)"
+            )
+        self.pool = t[1:] if len(s) == 3 and s[1:] != t[1:] else None
+        width = 0 if len(s) == 3 else -1  # channels of an image, the last dimension otherwise
+        if s[width] == t[width]:
+            self.proj = nn.Identity()
+        elif len(s) == 3:
+            self.proj = nn.Conv2d(s[0], t[0], 1)
+        else:
+            self.proj = nn.Linear(s[-1], t[-1])
+
+    def forward(self, x):
+        if self.pool is not None:
+            x = F.adaptive_avg_pool2d(x, self.pool)
+        return self.proj(x)
+
+
+class DistillHook(Hook):
+    """Adds ``kd`` (alpha x soft-target loss), ``feat:<layer>`` and ``crd`` terms; the label
+    loss is weighted 1 - alpha."""
+
+    def __init__(
+        self, bank: TeacherBank, config, student: nn.Module, features, adapters, crd_heads, embedding
+    ):
+        self.bank, self.cfg, self.student = bank, config, student
+        self.features, self.adapters = features, adapters  # [(FeatureConfig, student name)], ModuleDict
+        self.crd_heads = crd_heads  # ModuleDict(student=..., teacher=...) or None
+        self.embedding = embedding  # (student module name, take its input?) for CRD
+        self.memory = torch.zeros(0, config.crd.dim) if config.crd is not None else None
+        self.capture: Captures | None = None
+
+    def on_train_start(self, state):
+        state.task_weight = 1.0 - self.cfg.alpha
+        name, is_input = self.embedding or (None, False)
+        self.capture = Captures(
+            self.student,
+            outputs=[s for _, s in self.features] + ([name] if name and not is_input else []),
+            inputs=[name] if name and is_input else [],
+        )
+
+    def loss_terms(self, state):
+        cfg = self.cfg
+        teacher = self.bank.outputs(state.inputs, state.indices)
+        terms = {}
+        if cfg.alpha > 0:
+            logits = [teacher[f"logits{k}"] for k in range(self.bank.count)]
+            weights = [t.weight for t in cfg.teachers] if cfg.weighting == "fixed" else None
+            target = soft_targets(logits, cfg.temperature, cfg.weighting, weights, state.targets)
+            terms["kd"] = cfg.alpha * kd_loss(state.outputs, target, cfg.temperature)
+        for i, (f, student_name) in enumerate(self.features):
+            s = self.adapters[str(i)](self.capture.values[student_name])
+            terms[f"feat:{student_name}"] = f.weight * feature_loss(
+                s, teacher[f"feature:{f.teacher}"], f.loss
+            )
+        if self.crd_heads is not None:
+            name, is_input = self.embedding
+            s = self.capture.values[f"in:{name}" if is_input else name].flatten(1)
+            zs = self.crd_heads["student"](s)
+            zt = self.crd_heads["teacher"](teacher["embedding"])
+            negatives = self.memory if cfg.crd.negatives == "memory" else None
+            terms["crd"] = cfg.crd.weight * info_nce(zs, zt, cfg.crd.temperature, negatives)
+            if cfg.crd.negatives == "memory":  # newest teacher embeddings first, oldest dropped
+                fresh = F.normalize(zt.detach(), dim=1)
+                self.memory = torch.cat([fresh, self.memory])[: cfg.crd.memory_size]
+        return terms
+
+    def on_train_end(self, state):
+        if self.capture is not None:
+            self.capture.remove()
+        state.task_weight = 1.0

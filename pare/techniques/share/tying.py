@@ -1,0 +1,90 @@
+"""Weights tied into groups: each weight is ``sign * values[code]``.
+
+k-means sharing (Han et al. 2016) gives codes from clustering and signs of +1; the hashing trick
+(Chen et al. 2015) gives codes and signs from a seeded hash of the position. Fine-tuning keeps
+every group tied by replacing each weight's gradient with its group's mean (sign-corrected):
+with SGD or Adam, equal values that receive equal updates stay equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pare.techniques.quantize.quantizers import kmeans_1d, nearest
+from pare.training import Hook
+
+
+@dataclass
+class Tying:
+    codes: torch.Tensor  # int64, the weight's shape: which shared value each weight uses
+    size: int  # number of shared values
+    signs: torch.Tensor | None = None  # +-1 per weight (hashing), None for all +1
+    frozen: int | None = None  # a code whose value stays exactly zero (pruned weights)
+
+
+def kmeans_tying(w: torch.Tensor, clusters: int, keep_zeros: bool, seed: int) -> Tying:
+    flat = w.detach().reshape(-1)
+    zeros = (flat == 0) if keep_zeros else torch.zeros_like(flat, dtype=torch.bool)
+    if zeros.all():
+        return Tying(torch.zeros_like(w, dtype=torch.long), 1, frozen=0)
+    centroids = kmeans_1d(flat[~zeros].double().numpy(), clusters, seed)
+    codes = nearest(flat.double(), centroids)
+    if zeros.any():  # code 0 is the frozen zero, the clusters follow
+        codes = torch.where(zeros, 0, codes + 1)
+        return Tying(codes.reshape(w.shape), len(centroids) + 1, frozen=0)
+    return Tying(codes.reshape(w.shape), len(centroids))
+
+
+def hash_size(numel: int, compression: float) -> int:
+    return max(1, round(numel / compression))
+
+
+def hash_tying(shape, size: int, seed: int) -> Tying:
+    """A seeded pseudo-random code and sign per position: nothing to store but the seed."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(size, tuple(shape), generator=g)
+    signs = torch.randint(2, tuple(shape), generator=g).float() * 2 - 1
+    return Tying(codes, size, signs)
+
+
+def group_mean(x: torch.Tensor, t: Tying) -> torch.Tensor:
+    """Per shared value, the mean of ``sign * x`` over its weights (0 for an empty group)."""
+    signed = x if t.signs is None else x * t.signs
+    sums = torch.zeros(t.size, dtype=x.dtype).index_add_(0, t.codes.reshape(-1), signed.reshape(-1))
+    counts = torch.bincount(t.codes.reshape(-1), minlength=t.size).clamp(min=1)
+    out = sums / counts
+    if t.frozen is not None:
+        out[t.frozen] = 0
+    return out
+
+
+def expand(values: torch.Tensor, t: Tying) -> torch.Tensor:
+    w = values[t.codes]
+    return w if t.signs is None else w * t.signs
+
+
+@torch.no_grad()
+def tie(weight: torch.Tensor, t: Tying) -> torch.Tensor:
+    """Set ``weight`` to its tied form (each group at its mean); returns the shared values."""
+    values = group_mean(weight.detach(), t)
+    weight.copy_(expand(values, t))
+    return values
+
+
+class TiedWeights(Hook):
+    """Fine-tuning of the shared values: every weight of a group gets the group's mean gradient."""
+
+    def __init__(self, tied: list[tuple[torch.nn.Parameter, Tying]]):
+        self.tied = tied
+        self.handles = []
+
+    def on_train_start(self, state):
+        self.handles = [w.register_hook(lambda g, t=t: expand(group_mean(g, t), t)) for w, t in self.tied]
+
+    def on_train_end(self, state):
+        for h in self.handles:
+            h.remove()
+        for w, t in self.tied:  # re-tie exactly (float rounding could drift across many steps)
+            tie(w, t)
