@@ -44,6 +44,7 @@ def compress(model, config, split, *, baseline=None, train=None, seed: int = 0, 
         seed=seed,
         out_dir=Path(out_dir or tempfile.mkdtemp(prefix="pare-")),
         name=technique.name,
+        stages={"baseline": baseline or model},
     )
     return technique.apply(copy.deepcopy(model), config, ctx)
 

@@ -21,14 +21,7 @@ from pare.techniques.prune.criteria import activation_entropy, channel_scores
 from pare.techniques.prune.dependency import trace
 from pare.techniques.prune.structured import channel_groups, reshape, shrink
 from pare.techniques.prune.unstructured import load_sparse, n_m_masks, save_sparse, threshold_masks
-
-
-def trained(split, name=None, factory=None, epochs=6, **args):
-    torch.manual_seed(0)
-    cfg = ModelConfig(name=name, factory=factory, args=args)
-    model = pare.build_model(cfg, split.input_shape, split.num_classes)
-    pare.fit(model, split.train, split.val, TrainConfig(epochs=epochs, patience=None))
-    return model.eval()
+from tests.helpers import trained
 
 
 @pytest.fixture(scope="module")

@@ -13,32 +13,22 @@ from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.evaluate import predict_proba
 from pare.export import onnx_predict, ort_session
 from pare.recipes import recipe_from_dict
-from pare.recipes.schema import ModelConfig, TrainConfig
+from pare.recipes.schema import TrainConfig
 from pare.techniques.quantize import QuantizeConfig
 from pare.techniques.quantize.apply import export
 from pare.techniques.quantize.config import MixedPrecisionConfig
 from pare.techniques.quantize.pack import load_packed
-
-
-def trained(split, name, **args):
-    torch.manual_seed(0)
-    model = pare.build_model(ModelConfig(name=name, args=args), split.input_shape, split.num_classes)
-    pare.fit(model, split.train, split.val, TrainConfig(epochs=12, lr=0.003, patience=None))
-    return model.eval()
+from tests.helpers import accuracy, trained
 
 
 @pytest.fixture(scope="module")
 def cnn(digits_split):
-    return trained(digits_split, "cnn", width=16)
+    return trained(digits_split, "cnn", epochs=12, width=16)
 
 
 @pytest.fixture(scope="module")
 def mlp(digits_split):
-    return trained(digits_split, "mlp", width=64, depth=2)
-
-
-def accuracy(model, part):
-    return float((predict_proba(model, part.X).argmax(1) == part.y.numpy()).mean())
+    return trained(digits_split, "mlp", epochs=12, width=64, depth=2)
 
 
 def ort_agreement(path, model, part):
@@ -68,7 +58,7 @@ def test_static_int8_runs_in_onnxruntime_and_matches_simulation(tmp_path, digits
 
 
 def test_static_int8_file_is_about_a_quarter_of_fp32(tmp_path, digits_split):
-    model = trained(digits_split, "resnet", width=16, depth=1)
+    model = trained(digits_split, "resnet", epochs=12, width=16, depth=1)
     config = QuantizeConfig(mode="static")
     q, info = pare.compress(model, config, digits_split)
     shipped = export(q, config, info, tmp_path, digits_split.test.X[:1])

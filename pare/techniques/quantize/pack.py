@@ -21,6 +21,8 @@ import torch.nn as nn
 from pare.export.weights import load_tensors, save_tensors
 from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec
 
+DEFAULT_SPEC = WeightSpec()  # the header records only the fields that differ from it
+
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     """Non-negative integers < 2^bits, packed ``bits`` each into bytes."""
@@ -88,11 +90,11 @@ def save_packed(
         stored = (qw.codes.to(torch.int64) - offset).numpy()
         width = max(1, int(stored.max()).bit_length())
         payload = pack_bits(stored, width)
-        if entropy_coding:
-            payload = np.frombuffer(
-                lzma.compress(payload.tobytes(), preset=9 | lzma.PRESET_EXTREME), np.uint8
-            )
-        tensors[f"{name}.codes"] = torch.from_numpy(payload.copy())
+        coded = None
+        if entropy_coding:  # kept only where it helps: near-uniform codes do not compress
+            coded = np.frombuffer(lzma.compress(payload.tobytes(), preset=9 | lzma.PRESET_EXTREME), np.uint8)
+            coded = coded if len(coded) < len(payload) else None
+        tensors[f"{name}.codes"] = torch.from_numpy((payload if coded is None else coded).copy())
         for key, p in qw.params.items():
             tensors[f"{name}.{key}"] = (
                 p.detach().float().reshape(-1).contiguous() if p.dim() else p.float().reshape(1)
@@ -103,8 +105,8 @@ def save_packed(
             "offset": offset,
             "shape": list(value.shape),
             "count": int(qw.codes.numel()),
-            "spec": spec.__dict__,
-            **({"lzma": True} if entropy_coding else {}),
+            "spec": {k: v for k, v in spec.__dict__.items() if v != getattr(DEFAULT_SPEC, k)},
+            **({"lzma": True} if coded is not None else {}),
         }
     return save_tensors(tensors, path, "pare_packed", layers)
 

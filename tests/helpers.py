@@ -1,0 +1,20 @@
+"""Small helpers shared by the technique tests."""
+
+import torch
+
+import pare
+from pare.evaluate import predict_proba
+from pare.recipes.schema import ModelConfig, TrainConfig
+
+
+def trained(split, name=None, factory=None, epochs=6, lr=3e-3, seed=0, **args):
+    """A model built from the zoo (or a factory) and trained briefly on ``split``."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(name=name, factory=factory, args=args)
+    model = pare.build_model(cfg, split.input_shape, split.num_classes)
+    pare.fit(model, split.train, split.val, TrainConfig(epochs=epochs, lr=lr, patience=None), seed=seed)
+    return model.eval()
+
+
+def accuracy(model, part) -> float:
+    return float((predict_proba(model, part.X).argmax(1) == part.y.numpy()).mean())
