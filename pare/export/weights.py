@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import lzma
 from pathlib import Path
 
 import torch.nn as nn
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load, load_model, save, save_file, save_model
 
 from pare.io import atomic_write
 
@@ -22,22 +24,30 @@ def load_weights_file(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def save_tensors(tensors: dict, path: str | Path, key: str, meta) -> int:
-    """A safetensors file whose header carries ``meta`` (JSON) under ``key``: how pare's own
-    formats (packed low-bit codes, bitmask-sparse weights) describe their tensors."""
-    import json
+XZ_MAGIC = b"\xfd7zXZ\x00"
 
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={key: json.dumps(meta)}))
+
+def save_tensors(tensors: dict, path: str | Path, key: str, meta, compress: bool = False) -> int:
+    """A safetensors file whose header carries ``meta`` (JSON) under ``key``: how pare's own
+    formats (packed low-bit codes, bitmask-sparse weights) describe their tensors. With
+    ``compress`` the whole file is entropy-coded (LZMA/xz, lossless): long runs of zero codes,
+    the repetitive header and few distinct values shrink; ``load_tensors`` reads both forms."""
+    metadata = {key: json.dumps(meta)}
+    if compress:
+        data = lzma.compress(save(tensors, metadata=metadata), preset=9 | lzma.PRESET_EXTREME)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    else:
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return Path(path).stat().st_size
 
 
 def load_tensors(path: str | Path, key: str) -> tuple[dict, dict]:
-    import json
-
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get(key, "null"))
+    raw = Path(path).read_bytes()
+    if raw.startswith(XZ_MAGIC):
+        raw = lzma.decompress(raw)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    meta = json.loads((header.get("__metadata__") or {}).get(key, "null"))
     if meta is None:
         raise ValueError(f"{path} has no {key!r} header: not written by pare in this format")
-    return load_file(str(path)), meta
+    return load(raw), meta

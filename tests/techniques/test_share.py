@@ -91,7 +91,7 @@ def test_pruned_zeros_stay_zero_and_entropy_coding_exploits_them(mlp, digits_spl
     )
     assert coded < 0.6 * plain
     assert torch.equal(
-        load_packed(copy.deepcopy(mlp), tmp_path / "model.shared.safetensors")(digits_split.test.X),
+        load_packed(copy.deepcopy(mlp), tmp_path / "model.shared.safetensors.xz")(digits_split.test.X),
         shared(digits_split.test.X),
     )
 

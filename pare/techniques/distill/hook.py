@@ -49,7 +49,9 @@ class TeacherBank:
     the teacher models are released: training then needs no teacher in memory."""
 
     def __init__(self, teachers: list[nn.Module], features: list[str], embedding: tuple[str, bool] | None):
-        self.teachers = [t.eval().requires_grad_(False) for t in teachers]
+        # eval mode, no gradients (compute runs under no_grad); the models themselves are left
+        # as they are: they may be earlier stages' outputs that later stages start from
+        self.teachers = [t.eval() for t in teachers]
         self.features = features  # output names on the first teacher
         self.embedding = embedding  # (module name, take its input?) on the first teacher
         self.cache: dict[str, torch.Tensor] | None = None

@@ -277,7 +277,7 @@ def export(
         return {"artifact": path, "runtime": "onnxruntime"}
     merged = merge_all(copy.deepcopy(model))
     packed = {f"{n}.weight": (layer.quantized, layer.spec) for n, layer in quant_layers(model).items()}
-    path = stage_dir / "model.packed.safetensors"
+    path = stage_dir / ("model.packed.safetensors" + (".xz" if config.entropy_coding else ""))
     save_packed(merged, packed, path, entropy_coding=config.entropy_coding)
     return {"artifact": path, "runtime": "torch"}
 

@@ -56,7 +56,7 @@ class QuantizeConfig:
     qat_lr: float = param(1e-4, gt=0)
     sensitivity: bool = False
     mixed: MixedPrecisionConfig | None = None
-    entropy_coding: bool = False  # packed artifacts (weight_only): codes LZMA-compressed, lossless
+    entropy_coding: bool = False  # packed artifact (weight_only) compressed losslessly (xz)
 
     @property
     def weight_bits(self) -> int:

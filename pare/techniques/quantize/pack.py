@@ -4,14 +4,13 @@ One safetensors file. Each quantized weight ``<name>`` is stored as ``<name>.cod
 ``bits`` bits per code, little-endian) plus its parameters (``<name>.scale``, ``.zero_point``,
 ``.codebook``, ...); everything else is stored as is. The header metadata records, per layer,
 the scheme, bit width, shape and code offset, so ``load_packed`` can rebuild the dequantized
-weights into a model of the same architecture. With entropy coding the packed codes are
-LZMA-compressed (lossless; pays off when few codes dominate, e.g. the zero code of a pruned
+weights into a model of the same architecture. With entropy coding the whole file is
+xz-compressed (lossless; pays off when few codes dominate, e.g. the zero code of a pruned
 layer). Hashed layers (the hashing trick) store only their shared values and a seed.
 """
 
 from __future__ import annotations
 
-import lzma
 from pathlib import Path
 
 import numpy as np
@@ -89,12 +88,7 @@ def save_packed(
         offset = int(qw.codes.min())
         stored = (qw.codes.to(torch.int64) - offset).numpy()
         width = max(1, int(stored.max()).bit_length())
-        payload = pack_bits(stored, width)
-        coded = None
-        if entropy_coding:  # kept only where it helps: near-uniform codes do not compress
-            coded = np.frombuffer(lzma.compress(payload.tobytes(), preset=9 | lzma.PRESET_EXTREME), np.uint8)
-            coded = coded if len(coded) < len(payload) else None
-        tensors[f"{name}.codes"] = torch.from_numpy((payload if coded is None else coded).copy())
+        tensors[f"{name}.codes"] = torch.from_numpy(pack_bits(stored, width))
         for key, p in qw.params.items():
             tensors[f"{name}.{key}"] = (
                 p.detach().float().reshape(-1).contiguous() if p.dim() else p.float().reshape(1)
@@ -106,9 +100,8 @@ def save_packed(
             "shape": list(value.shape),
             "count": int(qw.codes.numel()),
             "spec": {k: v for k, v in spec.__dict__.items() if v != getattr(DEFAULT_SPEC, k)},
-            **({"lzma": True} if coded is not None else {}),
         }
-    return save_tensors(tensors, path, "pare_packed", layers)
+    return save_tensors(tensors, path, "pare_packed", layers, compress=entropy_coding)
 
 
 def load_packed(model: nn.Module, path: Path) -> nn.Module:
@@ -128,10 +121,9 @@ def load_packed(model: nn.Module, path: Path) -> nn.Module:
             state[name] = tensors[name].to(value.dtype)
         else:
             spec = WeightSpec(**info["spec"])
-            payload = tensors[f"{name}.codes"].numpy()
-            if info.get("lzma"):
-                payload = np.frombuffer(lzma.decompress(payload.tobytes()), np.uint8)
-            codes = unpack_bits(payload, info["bits"], info["count"]) + info["offset"]
+            codes = (
+                unpack_bits(tensors[f"{name}.codes"].numpy(), info["bits"], info["count"]) + info["offset"]
+            )
             params = {
                 k.split(".")[-1]: v
                 for k, v in tensors.items()

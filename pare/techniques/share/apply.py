@@ -74,7 +74,7 @@ def export(model: nn.Module, config: ShareConfig, info: dict, stage_dir: Path, e
             values = tie(w.clone(), t)
             params = {"values": values, "seed": torch.tensor(row["seed"])}
             packed[f"{row['layer']}.weight"] = (QuantizedWeight(w, None, params), WeightSpec(scheme="hashed"))
-    path = stage_dir / "model.shared.safetensors"
+    path = stage_dir / ("model.shared.safetensors" + (".xz" if config.entropy_coding else ""))
     save_packed(model, packed, path, entropy_coding=config.entropy_coding)
     return {"artifact": path, "runtime": "torch"}
 

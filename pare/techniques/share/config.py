@@ -20,4 +20,4 @@ class ShareConfig:
     exclude: list[str] = field(default_factory=list)
     finetune_epochs: int = param(0, ge=0)  # trains the shared values, not single weights
     finetune_lr: float | None = param(None, gt=0)
-    entropy_coding: bool = True  # the artifact's index stream compressed losslessly (LZMA)
+    entropy_coding: bool = True  # the artifact file compressed losslessly (xz)
