@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
 	$(PY) benchmarks/quantization.py --out benchmarks/results/quantization.json
 	$(PY) benchmarks/pruning.py --out benchmarks/results/pruning.json
+	$(PY) benchmarks/distillation.py --out benchmarks/results/distillation.json
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
