@@ -32,7 +32,6 @@ from pare.config import from_dict  # noqa: E402
 from pare.cost import count_params  # noqa: E402
 from pare.evaluate import predict_proba  # noqa: E402
 from pare.export import save_weights  # noqa: E402
-from pare.recipes.context import StageContext  # noqa: E402
 from pare.recipes.schema import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from pare.registry import techniques  # noqa: E402
 
@@ -56,10 +55,8 @@ def accuracy(model, part) -> float:
 
 
 def stage(model, technique: str, config: dict, split, train, seed=0, baseline=None):
-    tech = techniques()[technique]
-    ctx = StageContext(split, baseline or model, train, seed, Path(tempfile.mkdtemp()), technique)
-    ctx.stages = {"baseline": baseline or model}
-    return tech.apply(__import__("copy").deepcopy(model), from_dict(tech.config_cls, config), ctx)
+    config = from_dict(techniques()[technique].config_cls, config)
+    return pare.compress(model, config, split, baseline=baseline, train=train, seed=seed)
 
 
 def main():
