@@ -27,8 +27,9 @@ class StageContext:
     name: str
     stages: dict[str, nn.Module] = dataclasses.field(default_factory=dict)  # earlier stages by name
 
-    def fit(self, model: nn.Module, *, hooks=(), params=None, **overrides) -> History:
-        """Train with the recipe's settings, overridden by keyword (e.g. ``epochs=3, lr=1e-4``)."""
+    def fit(self, model: nn.Module, *, hooks=(), params=None, label: str = "", **overrides) -> History:
+        """Train with the recipe's settings, overridden by keyword (e.g. ``epochs=3, lr=1e-4``);
+        ``label`` is appended to the stage name in progress output."""
         cfg = dataclasses.replace(self.train_config, **overrides)
         return fit(
             model,
@@ -38,7 +39,7 @@ class StageContext:
             hooks=hooks,
             seed=self.seed,
             params=params,
-            description=self.name,
+            description=f"{self.name}{label}",
         )
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:

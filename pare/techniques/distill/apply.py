@@ -83,25 +83,13 @@ def _train(student, teachers, config, ctx, example, tag):
     first, crd, features = teachers[0], config.crd, config.features
     embedding_t = embedding_s = None
     if crd is not None:
-        t_layer = crd.teacher_layer
-        embedding_t = (
-            (_module(first, t_layer, "crd.teacher_layer"), False) if t_layer else (last_linear(first), True)
-        )
-        embedding_s = (
-            (_module(student, crd.student_layer, "crd.student_layer"), False)
-            if crd.student_layer
-            else (last_linear(student), True)
-        )
-    _check_layers(first, student, config)
+        # layer names were checked before training (later generations reuse the student's)
+        embedding_t = (crd.teacher_layer, False) if crd.teacher_layer else (last_linear(first), True)
+        embedding_s = (crd.student_layer, False) if crd.student_layer else (last_linear(student), True)
     bank = TeacherBank(teachers, [f.teacher for f in features], embedding_t)
     # shapes of every matched output, from one probe batch, to size adapters and CRD heads
     probe_t = bank.compute(example)
-    capture = Captures(
-        student,
-        outputs=[f.student for f in features]
-        + ([embedding_s[0]] if embedding_s and not embedding_s[1] else []),
-        inputs=[embedding_s[0]] if embedding_s and embedding_s[1] else [],
-    )
+    capture = Captures(student, [f.student for f in features], embedding_s)
     with torch.no_grad():
         student.eval()(example)
     capture.remove()
@@ -115,25 +103,17 @@ def _train(student, teachers, config, ctx, example, tag):
     )
     heads = None
     if crd is not None:
-        name, is_input = embedding_s
-        d_s = capture.values[f"in:{name}" if is_input else name].flatten(1).shape[1]
+        d_s = capture.values["embedding"].shape[1]
         heads = nn.ModuleDict(
             {"student": nn.Linear(d_s, crd.dim), "teacher": nn.Linear(probe_t["embedding"].shape[1], crd.dim)}
         )
     extra = {}
     if config.cache_teacher:
         extra["teacher_cache_bytes"] = bank.build_cache(ctx.split.train.X)
-    hook = DistillHook(
-        bank, config, student, [(f, f.student) for f in features], adapters, heads, embedding_s
-    )
+    hook = DistillHook(bank, config, student, features, adapters, heads, embedding_s)
     params = [*student.parameters(), *adapters.parameters(), *(heads.parameters() if heads else [])]
     overrides = {k: v for k, v in (("epochs", config.epochs), ("lr", config.lr)) if v is not None}
-    saved_name = ctx.name
-    ctx.name = f"{saved_name}{tag}"
-    try:
-        history = ctx.fit(student, hooks=[hook], params=params, **overrides)
-    finally:
-        ctx.name = saved_name
+    history = ctx.fit(student, hooks=[hook], params=params, label=tag, **overrides)
     extra["adapter_params"] = sum(p.numel() for p in adapters.parameters())
     if heads is not None:
         extra["crd_layers"] = {
@@ -194,11 +174,7 @@ def _train_teachers(teachers, untrained, config: DistillConfig, ctx) -> list[dic
             t = config.teachers[i]
             source = f"stage {t.stage}" if t.stage else t.name or t.factory
         if i in untrained:
-            saved_name, ctx.name = ctx.name, f"{ctx.name} teacher {i + 1}"
-            try:
-                ctx.fit(teacher)
-            finally:
-                ctx.name = saved_name
+            ctx.fit(teacher, label=f" teacher {i + 1}")
             source += " (trained here)"
         params = count_params(teacher)["params"]
         info.append({"source": source, "params": params, "val_accuracy": ctx.evaluate(teacher)["accuracy"]})

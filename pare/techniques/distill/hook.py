@@ -23,19 +23,24 @@ def last_linear(model: nn.Module) -> str:
 
 
 class Captures:
-    """Forward hooks keeping the outputs of named modules from the latest forward pass; a name
-    in ``inputs`` keeps that module's input instead (the embedding entering a classifier)."""
+    """Forward hooks keeping the outputs of named modules from the latest forward pass, and the
+    embedding CRD reads: ``(name, True)`` is the input of that module (the features entering a
+    classifier), ``(name, False)`` its output."""
 
-    def __init__(self, model: nn.Module, outputs: list[str] = (), inputs: list[str] = ()):
+    def __init__(self, model: nn.Module, outputs: list[str] = (), embedding: tuple[str, bool] | None = None):
         self.values: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
         self.handles = [
             modules[n].register_forward_hook(lambda m, i, o, n=n: self.values.__setitem__(n, o))
             for n in outputs
-        ] + [
-            modules[n].register_forward_hook(lambda m, i, o, n=n: self.values.__setitem__(f"in:{n}", i[0]))
-            for n in inputs
         ]
+        if embedding is not None:
+            name, is_input = embedding
+            self.handles.append(
+                modules[name].register_forward_hook(
+                    lambda m, i, o: self.values.__setitem__("embedding", (i[0] if is_input else o).flatten(1))
+                )
+            )
 
     def remove(self) -> None:
         for h in self.handles:
@@ -60,14 +65,7 @@ class TeacherBank:
     def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for k, teacher in enumerate(self.teachers):
-            capture = None
-            if k == 0:
-                name, is_input = self.embedding or (None, False)
-                capture = Captures(
-                    teacher,
-                    outputs=self.features + ([name] if name and not is_input else []),
-                    inputs=[name] if name and is_input else [],
-                )
+            capture = Captures(teacher, self.features, self.embedding) if k == 0 else None
             try:
                 out[f"logits{k}"] = teacher(x)
             finally:
@@ -76,8 +74,7 @@ class TeacherBank:
             if capture is not None:
                 out.update({f"feature:{n}": capture.values[n] for n in self.features})
                 if self.embedding:
-                    name, is_input = self.embedding
-                    out["embedding"] = capture.values[f"in:{name}" if is_input else name].flatten(1)
+                    out["embedding"] = capture.values["embedding"]
         return out
 
     def build_cache(self, X: torch.Tensor, batch_size: int = 256) -> int:
@@ -131,7 +128,7 @@ class DistillHook(Hook):
         self, bank: TeacherBank, config, student: nn.Module, features, adapters, crd_heads, embedding
     ):
         self.bank, self.cfg, self.student = bank, config, student
-        self.features, self.adapters = features, adapters  # [(FeatureConfig, student name)], ModuleDict
+        self.features, self.adapters = features, adapters  # [FeatureConfig], ModuleDict by index
         self.crd_heads = crd_heads  # ModuleDict(student=..., teacher=...) or None
         self.embedding = embedding  # (student module name, take its input?) for CRD
         self.memory = torch.zeros(0, config.crd.dim) if config.crd is not None else None
@@ -139,12 +136,7 @@ class DistillHook(Hook):
 
     def on_train_start(self, state):
         state.task_weight = 1.0 - self.cfg.alpha
-        name, is_input = self.embedding or (None, False)
-        self.capture = Captures(
-            self.student,
-            outputs=[s for _, s in self.features] + ([name] if name and not is_input else []),
-            inputs=[name] if name and is_input else [],
-        )
+        self.capture = Captures(self.student, [f.student for f in self.features], self.embedding)
 
     def loss_terms(self, state):
         cfg = self.cfg
@@ -155,15 +147,11 @@ class DistillHook(Hook):
             weights = [t.weight for t in cfg.teachers] if cfg.weighting == "fixed" else None
             target = soft_targets(logits, cfg.temperature, cfg.weighting, weights, state.targets)
             terms["kd"] = cfg.alpha * kd_loss(state.outputs, target, cfg.temperature)
-        for i, (f, student_name) in enumerate(self.features):
-            s = self.adapters[str(i)](self.capture.values[student_name])
-            terms[f"feat:{student_name}"] = f.weight * feature_loss(
-                s, teacher[f"feature:{f.teacher}"], f.loss
-            )
+        for i, f in enumerate(self.features):
+            s = self.adapters[str(i)](self.capture.values[f.student])
+            terms[f"feat:{f.student}"] = f.weight * feature_loss(s, teacher[f"feature:{f.teacher}"], f.loss)
         if self.crd_heads is not None:
-            name, is_input = self.embedding
-            s = self.capture.values[f"in:{name}" if is_input else name].flatten(1)
-            zs = self.crd_heads["student"](s)
+            zs = self.crd_heads["student"](self.capture.values["embedding"])
             zt = self.crd_heads["teacher"](teacher["embedding"])
             negatives = self.memory if cfg.crd.negatives == "memory" else None
             terms["crd"] = cfg.crd.weight * info_nce(zs, zt, cfg.crd.temperature, negatives)

@@ -25,14 +25,17 @@ from pare.techniques.lowrank.factorize import (
 SENSITIVITY_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4)  # of the full rank, smallest first
 
 
-def kind_of(layer: nn.Module, config: LowRankConfig) -> str | None:
+def kind_of(layer: nn.Module, config: LowRankConfig) -> tuple[str | None, str]:
+    """The factorization for ``layer``, or None and the reason it has none."""
     if isinstance(layer, nn.Linear):
-        return "svd"
-    if layer.groups != 1 or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
-        return None
+        return "svd", ""
+    if layer.groups != 1:
+        return None, "grouped/depthwise convolution"
+    if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+        return None, "padding given by name or not zero-padding"
     if layer.kernel_size == (1, 1):
-        return "spatial"  # for a 1x1 convolution this is a plain SVD of its weight matrix
-    return None if config.conv == "none" else config.conv
+        return "spatial", ""  # for a 1x1 convolution this is a plain SVD of its weight matrix
+    return (None, "conv: none") if config.conv == "none" else (config.conv, "")
 
 
 def lowrank(model: nn.Module, config: LowRankConfig, ctx):
@@ -42,13 +45,8 @@ def lowrank(model: nn.Module, config: LowRankConfig, ctx):
     base_accuracy = ctx.evaluate(model)["accuracy"] if config.rank_by == "sensitivity" else None
     rows, skipped = [], []
     for name, layer in selected.items():
-        kind = kind_of(layer, config)
+        kind, reason = kind_of(layer, config)
         if kind is None:
-            reason = (
-                "grouped/depthwise or non-zero padding mode"
-                if layer.groups != 1 or layer.padding_mode != "zeros"
-                else "conv: none"
-            )
             skipped.append({"layer": name, "reason": reason})
             continue
         full = max_ranks(layer, kind)
