@@ -35,22 +35,26 @@ def _cmd_validate(args) -> None:
     from pare.recipes import load_recipe
 
     recipe = load_recipe(args.recipe)
-    model = recipe.model.name or recipe.model.factory
+    model = recipe.model.name or recipe.model.factory or recipe.model.hf
     stages = ", ".join(f"{s.name} ({s.technique})" for s in recipe.stages) or "none"
     print(f"{args.recipe}: valid. data={recipe.data.source}, model={model}, stages: {stages}")
 
 
 def _cmd_lr_find(args) -> None:
-    from pare.data import make_splits
+    from pare.errors import ConfigError
     from pare.io import atomic_write_json
-    from pare.models import build_model
     from pare.recipes import load_recipe
+    from pare.recipes.runner import recipe_model, recipe_splits
     from pare.reporting.plots import lr_find_plot
     from pare.training import lr_find
 
     recipe = load_recipe(args.recipe)
-    split = make_splits(recipe.data, recipe.seed)[0]
-    model = build_model(recipe.model, split.input_shape, split.num_classes)
+    split = recipe_splits(recipe)[0]
+    if split.kind != "classification":
+        raise ConfigError(
+            f"lr-find trains with cross-entropy and needs a classification task; {args.recipe} is {split.kind}"
+        )
+    model = recipe_model(recipe, split)
     result = lr_find(model, split.train, recipe.train, steps=args.steps, seed=recipe.seed)
     out = Path(args.out or Path("runs") / f"{recipe.name}-lr-find")
     plot = lr_find_plot(result, out / "lr_find.png")

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn as nn
 
 from pare.data import Part
-from pare.metrics import bootstrap_cis, classification_details, classification_metrics
+from pare.tasks import Evaluation, get_task
+from pare.tasks.classification import softmax
 
 
-@dataclass
-class Evaluation:
-    metrics: dict[str, float]
-    details: dict
-    y: np.ndarray
-    proba: np.ndarray
-
-
-@torch.no_grad()
 def predict_proba(model: nn.Module, X: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     was_training = model.training
     model.eval()
-    out = [torch.softmax(model(X[i : i + batch_size]).float(), dim=1) for i in range(0, len(X), batch_size)]
+    out = get_task("classification").outputs(model, X, batch_size)
     model.train(was_training)
-    return torch.cat(out).numpy()
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 def score(
@@ -44,12 +28,10 @@ def score(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Evaluation:
-    """Metrics (with intervals when ``bootstrap`` > 0) for given class probabilities."""
-    classes = classes or [str(i) for i in range(proba.shape[1])]
-    metrics = classification_metrics(y, proba)
-    if bootstrap:
-        metrics.update(bootstrap_cis(y, proba, n_boot=bootstrap, confidence=confidence, seed=seed))
-    return Evaluation(metrics, classification_details(y, proba, classes), y, proba)
+    """Classification metrics (with intervals when ``bootstrap`` > 0) for given class probabilities."""
+    return get_task("classification").score(
+        y, proba, classes=classes, bootstrap=bootstrap, confidence=confidence, seed=seed
+    )
 
 
 def evaluate(
@@ -57,16 +39,20 @@ def evaluate(
     data: Part,
     classes: list[str] | None = None,
     *,
+    task: str = "classification",
     bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Evaluation:
-    """Score ``model`` on ``data`` (a ``Part``: inputs ``X`` and labels ``y``)."""
-    return score(
-        data.y.numpy(),
-        predict_proba(model, data.X),
-        classes,
-        bootstrap=bootstrap,
-        confidence=confidence,
-        seed=seed,
+    """Score ``model`` on ``data`` (a ``Part``: inputs ``X`` and labels ``y``) for ``task``."""
+    t = get_task(task)
+    was_training = model.training
+    model.eval()
+    outputs = t.outputs(model, data.X)
+    model.train(was_training)
+    return t.score(
+        data.y.numpy(), outputs, classes=classes, bootstrap=bootstrap, confidence=confidence, seed=seed
     )
+
+
+__all__ = ["Evaluation", "evaluate", "predict_proba", "score", "softmax"]

@@ -49,30 +49,37 @@ def torch_latency(model: nn.Module, example: torch.Tensor, *, repeats: int = 50)
         return time_calls(lambda: model(example), repeats=repeats)
 
 
-def latency_table(run_batch, input_shape, batch_sizes, repeats) -> dict:
-    """``{"batch_1": {"p50", "p95", "throughput_per_s"}, ...}`` for a runner ``run_batch(x)``."""
+def batch_of(sample: torch.Tensor, size: int) -> torch.Tensor:
+    """``size`` rows of real inputs: ``sample`` repeated as often as needed."""
+    reps = -(-size // len(sample))
+    return sample.repeat(reps, *([1] * (sample.dim() - 1)))[:size]
+
+
+def latency_table(run_batch, sample: torch.Tensor, batch_sizes, repeats) -> dict:
+    """``{"batch_1": {"p50", "p95", "throughput_per_s"}, ...}`` for a runner ``run_batch(x)``,
+    timed on batches drawn from ``sample`` (real inputs: token ids must be ids)."""
     out = {}
     for b in batch_sizes:
-        x = torch.randn(b, *input_shape)
+        x = batch_of(sample, b)
         t = time_calls(lambda x=x: run_batch(x), repeats=repeats)
         out[f"batch_{b}"] = {"p50": t["p50"], "p95": t["p95"], "throughput_per_s": b * 1000 / t["p50"]}
     return out
 
 
 def profile(model: nn.Module, example: torch.Tensor, *, batch_size: int = 64, repeats: int = 50) -> dict:
-    """Torch-side cost of ``model`` for inputs shaped like ``example`` (a batch of one).
+    """Torch-side cost of ``model`` on inputs like ``example`` (one or more real samples;
+    larger batches repeat them).
 
     ``latency_ms_p50``/``p95`` are at batch 1; ``throughput_per_s`` is at ``batch_size``.
     """
     model.eval()
-    input_shape = tuple(example.shape[1:])
     sizes = sorted({1, batch_size})
 
     def run(x):
         with torch.inference_mode():
             model(x)
 
-    latency = latency_table(run, input_shape, sizes, repeats)
+    latency = latency_table(run, example, sizes, repeats)
     big = latency[f"batch_{sizes[-1]}"]
     flops = count_flops(model, example[:1])
     return {
@@ -82,7 +89,7 @@ def profile(model: nn.Module, example: torch.Tensor, *, batch_size: int = 64, re
         "latency_ms_p50": latency["batch_1"]["p50"],
         "latency_ms_p95": latency["batch_1"]["p95"],
         "throughput_per_s": big["throughput_per_s"],
-        "peak_memory_bytes": peak_inference_memory(model, torch.randn(sizes[-1], *input_shape)),
+        "peak_memory_bytes": peak_inference_memory(model, batch_of(example, sizes[-1])),
         "peak_memory_runtime": "torch",
         "latency": {"torch": latency},
         "batch_size": sizes[-1],

@@ -4,8 +4,12 @@ from pare.data.dataset import Dataset, Part, Split, kfold_splits, split_dataset
 from pare.data.loaders import BUILTIN, load_builtin, load_csv, load_image_folder, load_npz, resize_images
 
 
-def load_dataset(cfg) -> Dataset:
-    """The dataset a recipe's ``data`` section names."""
+def load_dataset(cfg, seed: int = 0, tokenizer=None) -> Dataset:
+    """The dataset a recipe's ``data`` section names (text sources need the model's tokenizer)."""
+    if cfg.source == "pydoc_retrieval":
+        from pare.data.text import load_pydoc_retrieval
+
+        return load_pydoc_retrieval(tokenizer, cfg.max_length, seed, cfg.chunk_sentences)
     if cfg.source in BUILTIN:
         ds = load_builtin(cfg.source)
         return resize_images(ds, cfg.image_size) if cfg.image_size else ds
@@ -16,9 +20,9 @@ def load_dataset(cfg) -> Dataset:
     return load_image_folder(cfg.path, cfg.image_size, cfg.channels)
 
 
-def make_splits(cfg, seed: int) -> list[Split]:
+def make_splits(cfg, seed: int, tokenizer=None) -> list[Split]:
     """One split, or one per fold when ``cv_folds`` is set."""
-    ds = load_dataset(cfg)
+    ds = load_dataset(cfg, seed, tokenizer)
     if cfg.cv_folds:
         return kfold_splits(
             ds, folds=cfg.cv_folds, val=cfg.val_fraction, seed=seed, standardize=cfg.standardize

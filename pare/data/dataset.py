@@ -17,7 +17,8 @@ from pare.errors import DataError
 
 @dataclass
 class Dataset:
-    """Features ``X`` (N, *input_shape) float32, integer labels ``y`` (N,), class names."""
+    """Features ``X`` (N, *input_shape) float32, integer labels ``y`` (N,), class names.
+    For retrieval, ``X`` is (N, 2, L) token ids: row i is a query and its passage."""
 
     name: str
     X: np.ndarray
@@ -26,11 +27,12 @@ class Dataset:
     kind: str = "classification"
 
     def __post_init__(self):
-        check_arrays(self.X, self.y, self.name, self.classes)
+        check_arrays(self.X, self.y, self.name, self.classes if self.kind == "classification" else None)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.X.shape[1:])
+        """What the model takes per sample (a retrieval row holds two texts of this shape)."""
+        return tuple(self.X.shape[2:] if self.kind == "retrieval" else self.X.shape[1:])
 
     @property
     def num_classes(self) -> int:
@@ -58,6 +60,7 @@ class Split:
     name: str
     fold: int | None = None
     preprocessing: dict = field(default_factory=dict)
+    kind: str = "classification"
 
     @property
     def num_classes(self) -> int:
@@ -81,7 +84,7 @@ def check_arrays(X: np.ndarray, y: np.ndarray, source: str, classes: list[str] |
             f"feature index {tuple(int(i) for i in where[1:])}; clean or impute them before training"
         )
     present = np.unique(y)
-    if len(present) < 2:
+    if classes is not None and len(present) < 2:
         label = classes[int(present[0])] if classes else present[0].item()
         raise DataError(
             f"{source}: every sample has the label {label!r}; classification needs at least 2 classes"
@@ -89,12 +92,16 @@ def check_arrays(X: np.ndarray, y: np.ndarray, source: str, classes: list[str] |
 
 
 def split_dataset(ds: Dataset, *, val: float, test: float, seed: int, standardize: bool) -> Split:
-    """Stratified, seeded train/val/test split."""
+    """Seeded train/val/test split, stratified by class for classification."""
     idx = np.arange(len(ds.y))
-    _check_class_counts(ds, needed=3)
-    rest, test_idx = train_test_split(idx, test_size=test, stratify=ds.y, random_state=seed)
+    stratify = ds.kind == "classification"
+    if stratify:
+        _check_class_counts(ds, needed=3)
+    rest, test_idx = train_test_split(
+        idx, test_size=test, stratify=ds.y if stratify else None, random_state=seed
+    )
     train_idx, val_idx = train_test_split(
-        rest, test_size=val / (1 - test), stratify=ds.y[rest], random_state=seed
+        rest, test_size=val / (1 - test), stratify=ds.y[rest] if stratify else None, random_state=seed
     )
     return _make_split(ds, train_idx, val_idx, test_idx, standardize=standardize)
 
@@ -124,15 +131,15 @@ def _check_class_counts(ds: Dataset, needed: int) -> None:
 
 
 def _make_split(ds: Dataset, train_idx, val_idx, test_idx, *, standardize: bool) -> Split:
-    X = ds.X.astype(np.float32)
+    text = np.issubdtype(ds.X.dtype, np.integer)  # token ids stay integers
+    X = ds.X if text else ds.X.astype(np.float32)
     prep: dict = {}
-    if standardize:
+    if standardize and not text:
         X, prep = _standardize(X, train_idx)
 
     def part(ix):
-        return Part(
-            torch.from_numpy(np.ascontiguousarray(X[ix])), torch.from_numpy(ds.y[ix].astype(np.int64))
-        )
+        y = ds.y[ix] if ds.kind == "classification" else np.arange(len(ix))  # retrieval: row i matches row i
+        return Part(torch.from_numpy(np.ascontiguousarray(X[ix])), torch.from_numpy(y.astype(np.int64)))
 
     return Split(
         train=part(train_idx),
@@ -142,6 +149,7 @@ def _make_split(ds: Dataset, train_idx, val_idx, test_idx, *, standardize: bool)
         input_shape=ds.input_shape,
         name=ds.name,
         preprocessing=prep,
+        kind=ds.kind,
     )
 
 

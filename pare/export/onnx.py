@@ -73,15 +73,23 @@ def ort_session(path: str | Path, threads: int | None = None, spinning: bool = T
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def onnx_runner(session):
+    """The session as a function of a torch batch (float inputs as float32, token ids as int64)."""
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        x = x.numpy()
+        return session.run(None, {name: x if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)})[0]
+
+    return run
+
+
 def onnx_predict(session, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    outs = [
-        session.run(None, {name: X[i : i + batch_size].astype(np.float32)})[0]
-        for i in range(0, len(X), batch_size)
-    ]
-    return np.concatenate(outs)
+    run = onnx_runner(session)
+    return np.concatenate(
+        [run(torch.from_numpy(X[i : i + batch_size])) for i in range(0, len(X), batch_size)]
+    )
 
 
-def onnx_latency(session, input_shape, batch_sizes, repeats: int = 50) -> dict:
-    name = session.get_inputs()[0].name
-    return latency_table(lambda x: session.run(None, {name: x.numpy()}), input_shape, batch_sizes, repeats)
+def onnx_latency(session, sample: torch.Tensor, batch_sizes, repeats: int = 50) -> dict:
+    return latency_table(onnx_runner(session), sample, batch_sizes, repeats)

@@ -96,3 +96,21 @@ def bootstrap_deltas(
         if ci is not None:
             out[name + suffix] = ci
     return out
+
+
+def bootstrap_means(values: dict[str, np.ndarray], *, n_boot=1000, confidence=0.95, seed=0) -> dict:
+    """Intervals of metrics that are means of per-sample values (hit@K, reciprocal rank, ...)."""
+    suffix = f"_ci{round(confidence * 100)}"
+    out = {}
+    for name, v in values.items():
+        idx = resample_indices(len(v), n_boot, seed)
+        out[name + suffix] = _interval(np.asarray(v, dtype=np.float64)[idx].mean(1), confidence)
+    return out
+
+
+def bootstrap_mean_deltas(
+    values: dict[str, np.ndarray], reference: dict[str, np.ndarray], *, n_boot=1000, confidence=0.95, seed=0
+) -> dict:
+    """Paired intervals of ``mean(values) - mean(reference)`` over the same resampled samples."""
+    diffs = {k: np.asarray(v, dtype=np.float64) - reference[k] for k, v in values.items() if k in reference}
+    return bootstrap_means(diffs, n_boot=n_boot, confidence=confidence, seed=seed)

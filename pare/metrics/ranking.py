@@ -7,20 +7,30 @@ import math
 import numpy as np
 
 
-def recall_at_k(scores: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+def query_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """``scores`` (Q, P): similarity of each query to each passage; ``relevant`` (Q,): the index
-    of each query's passage. Recall@K is the share of queries whose passage ranks in the top K."""
+    of each query's passage. Returns each relevant passage's 0-based rank (ties resolved in the
+    query's favour)."""
     scores = np.asarray(scores)
     target = scores[np.arange(len(relevant)), relevant][:, None]
-    rank = (scores > target).sum(1)  # 0-based rank; ties resolved in the query's favour
-    return {f"recall_at_{k}": float((rank < k).mean()) for k in ks}
+    return (scores > target).sum(1)
+
+
+def ranking_values(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, np.ndarray]:
+    """Per-query hit@K and reciprocal rank: the metrics are their means."""
+    out = {f"recall_at_{k}": (ranks < k).astype(np.float64) for k in ks}
+    out["mrr"] = 1.0 / (ranks + 1.0)
+    return out
+
+
+def recall_at_k(scores: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    """Recall@K: the share of queries whose passage ranks in the top K."""
+    values = ranking_values(query_ranks(scores, relevant), ks)
+    return {f"recall_at_{k}": float(values[f"recall_at_{k}"].mean()) for k in ks}
 
 
 def mean_reciprocal_rank(scores: np.ndarray, relevant: np.ndarray) -> float:
-    scores = np.asarray(scores)
-    target = scores[np.arange(len(relevant)), relevant][:, None]
-    rank = (scores > target).sum(1) + 1
-    return float((1.0 / rank).mean())
+    return float((1.0 / (query_ranks(scores, relevant) + 1)).mean())
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:

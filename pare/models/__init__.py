@@ -23,6 +23,14 @@ def zoo_options(name: str) -> list[str]:
 
 def check_model_config(cfg) -> list[str]:
     """Problems a recipe's ``model`` section has before anything is built (for ``pare validate``)."""
+    if getattr(cfg, "hf", None) is not None:
+        from pare.models.hf import resolve_hf
+
+        try:
+            resolve_hf(cfg.hf)
+        except UnsupportedModelError as e:
+            return [str(e)]
+        return []
     if cfg.name is not None:
         if cfg.name not in ZOO:
             return [
@@ -61,13 +69,26 @@ def resolve_factory(spec: str):
     return fn
 
 
-def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(
+    cfg, input_shape: tuple[int, ...], num_classes: int, kind: str = "classification", tokenizer=None
+) -> nn.Module:
     """Build the model a recipe's ``model`` section describes, load its weights if named, and
-    check that it maps a batch of inputs to (batch, num_classes) logits."""
+    check that it maps a batch of inputs to (batch, num_classes) logits (classification) or to
+    one embedding per input (retrieval)."""
     problems = check_model_config(cfg)
     if problems:
         raise UnsupportedModelError("; ".join(problems))
-    if cfg.name is not None:
+    hf = getattr(cfg, "hf", None)  # model sections of other configs (distill's student) have no hf
+    if hf is not None:
+        from pare.models.hf import TextClassifier, TextEncoder, load_hf
+
+        backbone = load_hf(cfg.hf, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+        model = (
+            TextEncoder(backbone, pad) if kind == "retrieval" else TextClassifier(backbone, num_classes, pad)
+        )
+        label = f"Hugging Face model {cfg.hf!r}"
+    elif cfg.name is not None:
         model = ZOO[cfg.name](input_shape, num_classes, **cfg.args)
         label = f"zoo model {cfg.name!r}"
     else:
@@ -90,7 +111,9 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
         label = f"factory {cfg.factory!r}"
     if cfg.weights:
         load_weights(model, cfg.weights)
-    check_output(model, input_shape, num_classes, label)
+    check_output(
+        model, input_shape, None if kind == "retrieval" else num_classes, label, text=cfg.hf is not None
+    )
     return model
 
 
@@ -124,23 +147,26 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         )
 
 
-def check_output(model: nn.Module, input_shape, num_classes: int, label: str) -> None:
+def check_output(
+    model: nn.Module, input_shape, num_classes: int | None, label: str, text: bool = False
+) -> None:
+    """``num_classes`` None: any (2, D) output (an embedding) is right."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *input_shape))
+            out = model(torch.zeros(2, *input_shape, dtype=torch.long if text else torch.float32))
     except Exception as e:
         raise UnsupportedModelError(
             f"{label} fails on a batch of shape {(2, *input_shape)}: {type(e).__name__}: {e}"
         ) from None
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+    ok = isinstance(out, torch.Tensor) and out.dim() == 2 and len(out) == 2
+    if not ok or (num_classes is not None and out.shape[1] != num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UnsupportedModelError(
-            f"{label} returns {shape} for a batch of 2; expected logits of shape (2, {num_classes})"
-        )
+        expected = f"logits of shape (2, {num_classes})" if num_classes is not None else "embeddings (2, D)"
+        raise UnsupportedModelError(f"{label} returns {shape} for a batch of 2; expected {expected}")
 
 
 __all__ = ["ZOO", "build_model", "load_weights", "check_model_config", "zoo_options"]

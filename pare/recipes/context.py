@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from pare.data import Split
 from pare.evaluate import evaluate
+from pare.tasks import get_task
 from pare.training import History, fit
 
 
@@ -40,8 +41,13 @@ class StageContext:
             seed=self.seed,
             params=params,
             description=f"{self.name}{label}",
+            task=self.split.kind,
         )
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Validation metrics (no intervals) for choices made inside a technique."""
-        return evaluate(model, self.split.val, self.split.classes, bootstrap=0).metrics
+        return evaluate(model, self.split.val, self.split.classes, task=self.split.kind, bootstrap=0).metrics
+
+    def score(self, model: nn.Module) -> float:
+        """The task's headline validation metric (accuracy, Recall@1, ...): higher is better."""
+        return self.evaluate(model)[get_task(self.split.kind).headline]

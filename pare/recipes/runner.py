@@ -30,16 +30,16 @@ from pare.cost import profile
 from pare.cost.machine import machine_info
 from pare.data import Split, make_splits
 from pare.errors import ConfigError, PareError
-from pare.evaluate import predict_proba, score, softmax
-from pare.export import export_onnx, load_weights_file, onnx_latency, onnx_predict, ort_session, save_weights
+from pare.export import export_onnx, load_weights_file, onnx_latency, onnx_runner, ort_session, save_weights
 from pare.io import atomic_write_json, load_predictions, save_predictions
-from pare.metrics import bootstrap_deltas, majority_accuracy
+from pare.metrics import majority_accuracy
 from pare.models import build_model
 from pare.progress import console, status
 from pare.recipes.context import StageContext
 from pare.recipes.schema import Recipe, load_recipe
 from pare.registry import techniques
 from pare.seeding import seed_everything
+from pare.tasks import get_task
 from pare.training import fit, loss_and_accuracy
 
 RESULTS = "results.json"
@@ -58,25 +58,29 @@ def run(
         recipe = load_recipe(recipe)
     out = Path(out or Path("runs") / recipe.name)
     previous = _previous_stages(out, recipe, resume=resume, overwrite=overwrite)
-    splits = make_splits(recipe.data, recipe.seed)
+    splits = recipe_splits(recipe)
     first = splits[0]
+    task = get_task(first.kind)
     results = {
         "pare_version": pare.__version__,
         "recipe": recipe.to_dict(),
         "seed": recipe.seed,
         "task": {
-            "kind": "classification",
+            "kind": task.kind,
             "dataset": first.name,
             **first.sizes(),
             "classes": first.classes,
             "input_shape": list(first.input_shape),
             "cv_folds": recipe.data.cv_folds,
+            "headline": task.headline,
+            "summary_metrics": list(task.summary_metrics),
         },
         "machine": machine_info(),
         "stages": [],
     }
+    what = f"{first.num_classes} classes" if task.kind == "classification" else task.kind
     console.print(
-        f"[bold]pare run[/] {recipe.name}: {first.name}, {first.num_classes} classes, "
+        f"[bold]pare run[/] {recipe.name}: {first.name}, {what}, "
         f"{first.sizes()}{f', {len(splits)}-fold CV' if len(splits) > 1 else ''} -> {out}"
     )
     outputs: dict[str, list[torch.nn.Module]] = {}  # stage name -> its model per fold
@@ -119,6 +123,24 @@ def run(
     return results
 
 
+def _tokenizer(recipe: Recipe):
+    if recipe.model.hf is None:
+        return None
+    from pare.models.hf import load_tokenizer
+
+    return load_tokenizer(recipe.model.hf)
+
+
+def recipe_splits(recipe: Recipe) -> list[Split]:
+    """The recipe's data, split (text tokenized with the model's tokenizer)."""
+    return make_splits(recipe.data, recipe.seed, _tokenizer(recipe))
+
+
+def recipe_model(recipe: Recipe, split: Split) -> torch.nn.Module:
+    """The recipe's model, untrained (or pretrained) as the model section describes it."""
+    return build_model(recipe.model, split.input_shape, split.num_classes, split.kind, _tokenizer(recipe))
+
+
 def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline_record, source_name=None):
     if stage_dir.exists():  # a stale or interrupted attempt of this stage
         shutil.rmtree(stage_dir)
@@ -130,7 +152,7 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline
         tag = f" (fold {fold + 1}/{len(splits)})" if len(splits) > 1 else ""
         if stage is None:
             seed_everything(recipe.seed + fold)  # weight initialisation is part of the seeded run
-            model = build_model(recipe.model, split.input_shape, split.num_classes)
+            model = recipe_model(recipe, split)
             history = None
             if recipe.train.epochs > 0:
                 history = fit(
@@ -140,9 +162,10 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline
                     recipe.train,
                     seed=recipe.seed + fold,
                     description=f"train baseline{tag}",
+                    task=split.kind,
                 )
             info = {}
-            extras.append(_diagnose(model, split, recipe))
+            extras.append(_diagnose(model, split, recipe) if split.kind == "classification" else None)
         else:
             ctx = StageContext(
                 split=split,
@@ -164,7 +187,7 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline
         infos.append(info)
         with status(f"evaluating {name}{tag} on {len(split.test)} test samples"):
             evals.append(_evaluate(model, split, recipe, stage_dir, technique, stage, info))
-    save_predictions(stage_dir, [(e["y"], e["proba"]) for e in evals])
+    save_predictions(stage_dir, [(e["y"], e["outputs"]) for e in evals])
     with status(f"measuring cost of {name}: FLOPs, memory, latency in torch and ONNX Runtime"):
         cost = _cost(new_models[0], splits[0], recipe, stage_dir, evals[0])
     record = {
@@ -181,7 +204,8 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline
     }
     record["artifact"] = str(Path("stages") / stage_dir.name / record["cost"].pop("artifact"))
     if stage is None:
-        record["diagnosis"] = extras[0]
+        if extras[0] is not None:
+            record["diagnosis"] = extras[0]
     else:
         record["comparison"] = compare(
             record,
@@ -189,6 +213,7 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline
             evals,
             load_predictions(stage_dir.parent.parent / Path(baseline_record["artifact"]).parent),
             recipe,
+            get_task(splits[0].kind),
         )
     return record, new_models
 
@@ -205,29 +230,29 @@ def _evaluate(model, split: Split, recipe: Recipe, stage_dir: Path, technique, s
     """Test-set quality of what the stage ships: the torch model, or the technique's exported
     artifact when it is meant to run elsewhere (e.g. an int8 ONNX graph in ONNX Runtime)."""
     ev = recipe.evaluate
+    task = get_task(split.kind)
     exported = None
     if technique is not None and technique.export is not None:
-        exported = technique.export(model, stage.config, info, stage_dir, split.test.X[:1])
-    torch_proba = predict_proba(model, split.test.X)  # for a quantized model: pare's simulation
-    proba = torch_proba
+        exported = technique.export(model, stage.config, info, stage_dir, task.inputs(split.test.X[:1]))
+    model.eval()
+    torch_outputs = task.outputs(model, split.test.X)  # for a quantized model: pare's simulation
+    outputs = torch_outputs
     if exported and exported.get("runtime") == "onnxruntime":
-        proba = softmax(onnx_predict(ort_session(exported["artifact"]), split.test.X.numpy()))
-    result = score(
-        split.test.y.numpy(),
-        proba,
-        split.classes,
-        bootstrap=ev.bootstrap,
-        confidence=ev.confidence,
-        seed=recipe.seed,
+        outputs = task.outputs(onnx_runner(ort_session(exported["artifact"])), split.test.X)
+    y = split.test.y.numpy()
+    result = task.score(
+        y, outputs, classes=split.classes, bootstrap=ev.bootstrap, confidence=ev.confidence, seed=recipe.seed
     )
-    val = score(split.val.y.numpy(), predict_proba(model, split.val.X), split.classes, bootstrap=0)
+    val = task.score(
+        split.val.y.numpy(), task.outputs(model, split.val.X), classes=split.classes, bootstrap=0
+    )
     return {
         "metrics": result.metrics,
         "val_metrics": val.metrics,
         "details": result.details,
-        "y": result.y,
-        "proba": result.proba,
-        "torch_proba": torch_proba,
+        "y": y,
+        "outputs": outputs,
+        "torch_outputs": torch_outputs,
         "exported": exported,
     }
 
@@ -254,8 +279,10 @@ def _cost(model, split: Split, recipe: Recipe, stage_dir: Path, evaluation: dict
     """Torch cost, plus the same model in ONNX Runtime side by side (fp32 export), and the
     stage's own artifact when it ships one."""
     ev = recipe.evaluate
-    example = split.test.X[:1]
-    cost = profile(model, example, batch_size=ev.latency_batch, repeats=ev.latency_repeats)
+    task = get_task(split.kind)
+    sample = task.inputs(split.test.X[: ev.latency_batch])  # real inputs, repeated to fill a batch
+    example = sample[:1]
+    cost = profile(model, sample, batch_size=ev.latency_batch, repeats=ev.latency_repeats)
     weights = stage_dir / _weights_name(0, _n_folds(recipe))
     files = {weights.name: weights.stat().st_size}
     sizes = sorted({1, ev.latency_batch})
@@ -275,11 +302,11 @@ def _cost(model, split: Split, recipe: Recipe, stage_dir: Path, evaluation: dict
     if onnx_path is not None:
         session = ort_session(onnx_path)
         files[onnx_path.name] = onnx_path.stat().st_size
-        cost["latency"]["onnxruntime"] = onnx_latency(session, split.input_shape, sizes, ev.latency_repeats)
+        cost["latency"]["onnxruntime"] = onnx_latency(session, sample, sizes, ev.latency_repeats)
         shipped = exported and exported.get("runtime") == "onnxruntime"  # already run on the test set
-        ort_top1 = (evaluation["proba"] if shipped else onnx_predict(session, split.test.X.numpy())).argmax(1)
+        ort = evaluation["outputs"] if shipped else task.outputs(onnx_runner(session), split.test.X)
         # ONNX Runtime against the torch model (for quantized stages, pare's simulation of it)
-        cost["onnx_top1_agreement"] = float((ort_top1 == evaluation["torch_proba"].argmax(1)).mean())
+        cost.update(task.agreement(ort, evaluation["torch_outputs"], prefix="onnx_"))
     cost["files"] = files
     if exported:
         artifact = Path(exported["artifact"])
@@ -333,7 +360,7 @@ def _diagnose(model, split: Split, recipe: Recipe) -> dict:
 
 
 def compare(
-    record: dict, baseline: dict, evals: list[dict], baseline_preds: list[tuple], recipe: Recipe
+    record: dict, baseline: dict, evals: list[dict], baseline_preds: list[tuple], recipe: Recipe, task
 ) -> dict:
     """A stage against the baseline: metric deltas (paired bootstrap intervals on the same test
     samples), and size, FLOPs and latency ratios (baseline / stage, same runtime and batch)."""
@@ -342,14 +369,11 @@ def compare(
     for k, v in record["metrics"].items():
         if isinstance(v, float) and isinstance(baseline["metrics"].get(k), float):
             out[f"{k}_delta"] = v - baseline["metrics"][k]
-    if ev.bootstrap:
-        y = np.concatenate([e["y"] for e in evals])
-        proba = np.concatenate([e["proba"] for e in evals])
-        ref = np.concatenate([p for _, p in baseline_preds])
-        deltas = bootstrap_deltas(
-            y, proba, ref, n_boot=ev.bootstrap, confidence=ev.confidence, seed=recipe.seed
-        )
-        out.update({k.replace("_ci", "_delta_ci", 1): v for k, v in deltas.items()})
+    y = np.concatenate([e["y"] for e in evals])
+    outputs = np.concatenate([e["outputs"] for e in evals])
+    ref = np.concatenate([p for _, p in baseline_preds])
+    paired = task.paired(y, outputs, ref, n_boot=ev.bootstrap, confidence=ev.confidence, seed=recipe.seed)
+    out.update({k: v for k, v in paired.items() if v is not None})
     cost, base = record["cost"], baseline["cost"]
     out["size_ratio"] = base["size_bytes"] / cost["size_bytes"] if cost["size_bytes"] else None
     out["params_ratio"] = base["params"] / cost["params"] if cost["params"] else None
@@ -368,7 +392,7 @@ def compare(
 def _restore(recipe, stage, models, split: Split, stage_dir: Path, record: dict, fold: int):
     """Rebuild a finished stage's model (structure, then saved weights) for ``--resume``."""
     if stage is None:
-        model = build_model(recipe.model, split.input_shape, split.num_classes)
+        model = recipe_model(recipe, split)
     else:
         technique = techniques()[stage.technique]
         model = copy.deepcopy(models[fold])

@@ -14,7 +14,10 @@ import yaml
 from pare.config import did_you_mean, from_dict, param, to_dict
 from pare.errors import ConfigError
 
-DataSource = Literal["digits", "breast_cancer", "wine", "iris", "csv", "npz", "image_folder"]
+DataSource = Literal[
+    "digits", "breast_cancer", "wine", "iris", "csv", "npz", "image_folder", "pydoc_retrieval"
+]
+TEXT_SOURCES = ("pydoc_retrieval",)
 
 
 @dataclass
@@ -28,9 +31,13 @@ class DataConfig:
     val_fraction: float = param(0.15, gt=0, lt=0.5)
     test_fraction: float = param(0.2, gt=0, lt=0.5)
     cv_folds: int | None = param(None, ge=2, le=20)
+    max_length: int = param(128, ge=8, le=4096)  # text: tokens per text (padded and truncated)
+    chunk_sentences: int = param(3, ge=2, le=20)  # pydoc_retrieval: sentences per query + passage
 
     def check(self) -> list[str]:
         problems = []
+        if self.source in TEXT_SOURCES and self.cv_folds:
+            problems.append(f"data.cv_folds: source {self.source!r} is split once; remove cv_folds")
         files = ("csv", "npz", "image_folder")
         if self.source in files and not self.path:
             problems.append(f"data.path: source {self.source!r} needs a path to the file or folder")
@@ -50,15 +57,17 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str | None = None  # a zoo model ...
-    factory: str | None = None  # ... or "package.module:function" returning an nn.Module
+    factory: str | None = None  # ... or "package.module:function" returning an nn.Module ...
+    hf: str | None = None  # ... or a local Hugging Face model directory (or a package carrying one)
     args: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
 
     def check(self) -> list[str]:
-        if (self.name is None) == (self.factory is None):
+        given = [k for k in ("name", "factory", "hf") if getattr(self, k) is not None]
+        if len(given) != 1:
             return [
-                f"model: give exactly one of name (a zoo model) or factory ('package.module:function'); "
-                f"got name={self.name!r}, factory={self.factory!r}"
+                f"model: give exactly one of name (a zoo model), factory ('package.module:function') or hf "
+                f"(a Hugging Face model directory); got {', '.join(given) or 'none'}"
             ]
         return []
 
@@ -186,6 +195,11 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
         problems.append(f"stages: the name {dup!r} is used more than once; stage names must be unique")
     if "baseline" in names:
         problems.append("stages: 'baseline' is reserved for the trained model every stage is compared with")
+    if recipe is not None and recipe.data.source in TEXT_SOURCES and recipe.model.hf is None:
+        problems.append(
+            f"model.hf: data source {recipe.data.source!r} is text and is tokenized with the model's tokenizer; "
+            f"set model.hf to a Hugging Face model directory"
+        )
     if problems:
         raise ConfigError(problems, source)
     recipe.stages = stages

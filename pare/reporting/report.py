@@ -15,7 +15,8 @@ from pare.io import atomic_write_text, load_predictions
 from pare.metrics import roc_curves
 from pare.reporting import plots
 from pare.reporting.format import fmt_bytes, fmt_count, fmt_delta, fmt_metric, fmt_ms
-from pare.reporting.summary import HEADER, summary_rows
+from pare.reporting.summary import NAMES, header, summary_rows
+from pare.reporting.summary import metric_names as summary_metric_names
 
 
 def build(results: dict, out: Path) -> list[tuple]:
@@ -29,7 +30,8 @@ def build(results: dict, out: Path) -> list[tuple]:
         ("h", 1, f"pare report: {results['recipe']['name']}"),
         (
             "p",
-            f"Dataset **{task['dataset']}** ({len(classes)} classes): {task['n_train']} train, {task['n_val']} "
+            f"Dataset **{task['dataset']}** ({f'{len(classes)} classes' if classes else task['kind']}): "
+            f"{task['n_train']} train, {task['n_val']} "
             f"validation, {task['n_test']} test samples"
             + (
                 f"; {task['cv_folds']}-fold cross-validation (mean ± std over folds)"
@@ -46,15 +48,17 @@ def build(results: dict, out: Path) -> list[tuple]:
             "on the same samples. Ratios are baseline ÷ stage (higher is better). Latency is the median at "
             "batch 1 in the stage's runtime.",
         ),
-        ("table", HEADER, summary_rows(results)),
+        ("table", header(results), summary_rows(results)),
     ]
     # Quality against size
-    points = [(s["name"], s["cost"]["size_bytes"], s["metrics"]["accuracy"]) for s in stages]
+    headline = summary_metric_names(results)[0]
+    points = [(s["name"], s["cost"]["size_bytes"], s["metrics"][headline]) for s in stages]
+    label = NAMES.get(headline, headline)
     blocks.append(
         (
             "img",
-            plots.pareto_plot(points, "accuracy", plot_dir / "pareto.png"),
-            "Accuracy against artifact size",
+            plots.pareto_plot(points, label, plot_dir / "pareto.png"),
+            f"{label} against artifact size",
         )
     )
 
@@ -99,19 +103,29 @@ def build(results: dict, out: Path) -> list[tuple]:
     ]
     if len(classes) == 2:
         metric_names[2:2] = ["precision", "recall", "f1"]
+    if task["kind"] != "classification":
+        metric_names = [k for k, v in base["metrics"].items() if isinstance(v, float)]
     rows = [
         [s["name"]] + [fmt_metric(s["metrics"], k, std=s.get("metrics_std"), digits=4) for k in metric_names]
         for s in stages
     ]
     blocks.append(("table", ["stage", *metric_names], rows))
     if len(stages) > 1:
-        deltas = [
-            [s["name"]] + [fmt_delta(s.get("comparison", {}), k) for k in ("accuracy", "f1_macro", "roc_auc")]
-            for s in stages[1:]
-        ]
-        blocks.append(("table", ["stage", "Δ accuracy [95 % CI]", "Δ F1 macro", "Δ ROC AUC"], deltas))
+        shown = summary_metric_names(results)
+        deltas = [[s["name"]] + [fmt_delta(s.get("comparison", {}), k) for k in shown] for s in stages[1:]]
+        titles = [f"Δ {NAMES.get(k, k)}" + (" [95 % CI]" if i == 0 else "") for i, k in enumerate(shown)]
+        if task["kind"] == "retrieval":  # how far each embedding moved from the baseline's
+            titles.append("embedding cosine to baseline (mean / min)")
+            for row, s in zip(deltas, stages[1:]):
+                c = s.get("comparison", {})
+                row.append(
+                    f"{c['embedding_cosine']:.4f} / {c['embedding_cosine_min']:.4f}"
+                    if "embedding_cosine" in c
+                    else "—"
+                )
+        blocks.append(("table", ["stage", *titles], deltas))
     curves = {}
-    for s in stages:
+    for s in stages if task["kind"] == "classification" else ():
         folds = load_predictions(out / Path(s["artifact"]).parent)
         if folds:
             curves[s["name"]] = roc_curves(*folds[0], classes)

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from pare.data import Part
 from pare.errors import PareError
 from pare.progress import console, progress_bar
 from pare.seeding import seed_everything
+from pare.tasks import get_task
 from pare.training.hooks import Hook, TrainState
 
 
@@ -70,14 +70,18 @@ def batches(part: Part, batch_size: int, generator: torch.Generator | None = Non
 
 
 @torch.no_grad()
-def loss_and_accuracy(model: nn.Module, part: Part, batch_size: int = 512) -> tuple[float, float]:
+def loss_and_accuracy(
+    model: nn.Module, part: Part, batch_size: int = 512, task: str = "classification"
+) -> tuple[float, float]:
+    """Mean loss and accuracy (for retrieval: in-batch top-1) of ``model`` on ``part``."""
+    t = get_task(task)
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for x, y in batches(part, batch_size):
-        logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        outputs = model(t.inputs(x))
+        total_loss += t.loss(outputs, y).item() * len(y)
+        correct += t.hits(outputs, y)
     model.train(was_training)
     return total_loss / len(part), correct / len(part)
 
@@ -92,13 +96,15 @@ def fit(
     seed: int = 0,
     description: str = "train",
     params=None,
+    task: str = "classification",
 ) -> History:
     """Train ``model`` in place with ``cfg`` (a TrainConfig); returns the history.
 
     With ``cfg.patience`` set, training stops when validation loss has not improved for that
     many epochs and the weights of the best epoch are restored. ``params`` restricts what the
-    optimizer updates (e.g. only adapters).
+    optimizer updates (e.g. only adapters). ``task`` names the loss (see ``pare.tasks``).
     """
+    t = get_task(task)
     generator = seed_everything(seed)
     optimizer = make_optimizer(
         params if params is not None else [p for p in model.parameters() if p.requires_grad], cfg
@@ -119,7 +125,7 @@ def fit(
             sums = {"loss": 0.0, "correct": 0, "n": 0}
             term_sums: dict[str, float] = {}
             for idx in batch_indices(len(train), cfg.batch_size, generator):
-                x, y = train.X[idx], train.y[idx]
+                x, y = t.inputs(train.X[idx]), train.y[idx]
                 state.inputs, state.targets, state.indices = x, y, idx
                 for h in hooks:
                     h.before_step(state)
@@ -127,7 +133,7 @@ def fit(
                     for h in hooks:
                         stack.enter_context(h.forward_context(state))
                     state.outputs = model(state.inputs)
-                task_loss = F.cross_entropy(state.outputs, state.targets)
+                task_loss = t.loss(state.outputs, state.targets)
                 loss = state.task_weight * task_loss
                 for h in hooks:
                     for name, term in h.loss_terms(state).items():
@@ -147,9 +153,9 @@ def fit(
                 for h in hooks:
                     h.after_step(state)
                 sums["loss"] += task_loss.item() * len(y)
-                sums["correct"] += (state.outputs.argmax(1) == state.targets).sum().item()
+                sums["correct"] += t.hits(state.outputs, state.targets)
                 sums["n"] += len(y)
-            val_loss, val_acc = loss_and_accuracy(model, val)
+            val_loss, val_acc = loss_and_accuracy(model, val, task=task)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": sums["loss"] / sums["n"],

@@ -51,7 +51,7 @@ def distill(model: nn.Module, config: DistillConfig, ctx):
             gen_config = _born_again(config)
         tag = f" generation {generation + 1}/{config.generations}" if config.generations > 1 else ""
         history, extra = _train(student, teachers, gen_config, ctx, example, tag)
-        accuracy = ctx.evaluate(student)["accuracy"]
+        accuracy = ctx.score(student)
         record = {"generation": generation + 1, "val_accuracy": accuracy, **extra}
         info["generations"].append(record)
         if best is None or accuracy > best[0]:
@@ -177,7 +177,7 @@ def _train_teachers(teachers, untrained, config: DistillConfig, ctx) -> list[dic
             ctx.fit(teacher, label=f" teacher {i + 1}")
             source += " (trained here)"
         params = count_params(teacher)["params"]
-        info.append({"source": source, "params": params, "val_accuracy": ctx.evaluate(teacher)["accuracy"]})
+        info.append({"source": source, "params": params, "val_accuracy": ctx.score(teacher)})
     return info
 
 

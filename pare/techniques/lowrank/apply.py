@@ -42,7 +42,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, ctx):
     """Replace layers by products of thin layers (SVD, Tucker-2, spatial SVD)."""
     selected = select_layers(model, include=config.layers, exclude=config.exclude, key="layers")
     before = count_params(model)["params"]
-    base_accuracy = ctx.evaluate(model)["accuracy"] if config.rank_by == "sensitivity" else None
+    base_accuracy = ctx.score(model) if config.rank_by == "sensitivity" else None
     rows, skipped = [], []
     for name, layer in selected.items():
         kind, reason = kind_of(layer, config)
@@ -86,7 +86,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, ctx):
     if not rows:
         info["note"] = "no layer was factorized (see skipped layers); the model is unchanged"
         console.print(f"[yellow]  {ctx.name}: {info['note']}[/]")
-    info["val_accuracy_before_finetune"] = ctx.evaluate(model)["accuracy"]
+    info["val_accuracy_before_finetune"] = ctx.score(model)
     if config.finetune_epochs:
         overrides = {"lr": config.finetune_lr} if config.finetune_lr else {}
         info["history"] = ctx.fit(model, epochs=config.finetune_epochs, **overrides)
@@ -122,7 +122,7 @@ def _choose(model, name, layer, kind, full, config, ctx, base_accuracy) -> list[
             break
         trial = copy.deepcopy(model)
         replace_module(trial, name, factorize(layer, kind, ranks))
-        if (base_accuracy - ctx.evaluate(trial)["accuracy"]) * 100 <= config.max_drop:
+        if (base_accuracy - ctx.score(trial)) * 100 <= config.max_drop:
             return ranks
     return None
 

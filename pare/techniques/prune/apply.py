@@ -141,12 +141,12 @@ def _drop_blocks(model, config, ctx, fraction, example, before) -> tuple[list[st
         if config.target == "macs"
         else (lambda m: count_params(m)["params"] / before["params"])
     )
-    base_acc, base_size = ctx.evaluate(model)["accuracy"], measure(model)
+    base_acc, base_size = ctx.score(model), measure(model)
     scores = []
     for name in candidates:
         trial = drop(copy.deepcopy(model), [name])
         saved = base_size - measure(trial)
-        loss = base_acc - ctx.evaluate(trial)["accuracy"]
+        loss = base_acc - ctx.score(trial)
         scores.append({"block": name, "accuracy_drop": loss, "saved": saved})
     dropped = []
     for s in sorted(scores, key=lambda s: (max(s["accuracy_drop"], 0) + 1e-6) / max(s["saved"], 1e-9)):

@@ -100,7 +100,7 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
 
 @torch.no_grad()
 def _val_accuracy(model, ctx) -> float:
-    return ctx.evaluate(model)["accuracy"]
+    return ctx.score(model)
 
 
 @torch.no_grad()

@@ -136,11 +136,17 @@ def export_dynamic(
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     consts = _constants(graph)
+    # Linear over a sequence is exported as MatMul with a transposed copy of the weight under
+    # a new name: find those by value.
+    params = dict(float_model.named_parameters())
+    transposed_of = {_fingerprint(params[k].detach().numpy().T): k for k in weights if params[k].dim() == 2}
     nodes = []
     counter = 0
     for node in graph.node:
         w_name = node.input[1] if len(node.input) > 1 else None
         key = _param_key(w_name, weights)
+        if key is None and node.op_type == "MatMul" and w_name in inits:
+            key = transposed_of.get(_fingerprint(consts[w_name]))
         if node.op_type not in ("Conv", "Gemm", "MatMul") or key is None or w_name not in inits:
             nodes.append(node)
             continue
@@ -160,13 +166,8 @@ def export_dynamic(
             )
             rescale_shape = (1, -1, 1, 1)
         else:
-            transposed = node.op_type == "Gemm" and any(
-                a.name == "transB" and a.i == 1 for a in node.attribute
-            )
-            # MatMulInteger takes B as (in, out); Linear stores (out, in)
-            b = codes.T if transposed or node.op_type == "Gemm" else codes
-            if node.op_type == "MatMul" and consts[w_name].shape != b.shape:
-                b = codes.T
+            # MatMulInteger takes B as (in, out); the codes are the Linear's (out, in) weight
+            b = codes.T
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b), p + "w"))
             graph.initializer.append(numpy_helper.from_array(np.zeros(b.shape[1], np.int8), p + "wz"))
             nodes.append(
@@ -195,6 +196,11 @@ def export_dynamic(
     model = shorten_names(model)
     atomic_write(path, lambda tmp: onnx.save(model, tmp))
     return Path(path).stat().st_size
+
+
+def _fingerprint(array: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    return a.shape, hash(a.tobytes())
 
 
 def _param_key(onnx_name: str | None, weights: dict) -> str | None:

@@ -1,0 +1,73 @@
+"""Text data that ships with Python: the documentation in ``pydoc_data.topics`` (79 topics,
+about 465,000 characters of real English), cut into passages.
+
+Retrieval pairs: each topic's prose sentences are grouped, in order, into chunks of
+``chunk_sentences``; from each chunk one sentence (chosen with the seed) becomes the query and
+the rest of the chunk its passage. At topic level there would be only 79 queries (one query =
+1.3 points of Recall@1); chunks give over a thousand.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from pare.errors import DataError
+
+_SENTENCE_END = re.compile(r"(?<=[.?!:])\s+(?=[A-Z(*\"'`])")
+
+
+def pydoc_topics() -> dict[str, str]:
+    from pydoc_data.topics import topics
+
+    return dict(sorted(topics.items()))
+
+
+def prose_sentences(text: str, min_chars: int = 20) -> list[str]:
+    """Sentences of a topic's prose paragraphs; code examples, grammar rules and headings are left out."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        stripped = para.strip()
+        if ">>>" in para or "::=" in para or stripped.startswith(("*", "=", "-")):
+            continue
+        out += [s for s in _SENTENCE_END.split(" ".join(stripped.split())) if len(s) >= min_chars]
+    return out
+
+
+def retrieval_pairs(seed: int = 0, chunk_sentences: int = 3) -> tuple[list[str], list[str], list[str]]:
+    """(queries, passages, topics): query ``i`` is a sentence cut out of passage ``i``'s chunk."""
+    if chunk_sentences < 2:
+        raise DataError(f"data.chunk_sentences: {chunk_sentences} leaves no passage; use 2 or more")
+    rng = np.random.default_rng(seed)
+    queries, passages, topics = [], [], []
+    for topic, text in pydoc_topics().items():
+        sents = prose_sentences(text)
+        chunks = [sents[i : i + chunk_sentences] for i in range(0, len(sents), chunk_sentences)]
+        if len(chunks) > 1 and len(chunks[-1]) < 2:  # a lone last sentence joins the chunk before
+            last = chunks.pop()
+            chunks[-1] += last
+        for chunk in chunks:
+            if len(chunk) < 2:
+                continue
+            q = int(rng.integers(len(chunk)))
+            queries.append(chunk[q])
+            passages.append(" ".join(chunk[:q] + chunk[q + 1 :]))
+            topics.append(topic)
+    return queries, passages, topics
+
+
+def tokenize(texts: list[str], tokenizer, max_length: int) -> np.ndarray:
+    """Token ids (N, max_length), int64, padded with the tokenizer's pad id and truncated."""
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return enc["input_ids"].astype(np.int64)
+
+
+def load_pydoc_retrieval(tokenizer, max_length: int, seed: int, chunk_sentences: int = 3):
+    from pare.data.dataset import Dataset
+
+    queries, passages, _ = retrieval_pairs(seed, chunk_sentences)
+    X = np.stack(
+        [tokenize(queries, tokenizer, max_length), tokenize(passages, tokenizer, max_length)], axis=1
+    )
+    return Dataset(name="pydoc-retrieval", X=X, y=np.arange(len(X)), classes=[], kind="retrieval")

@@ -1,0 +1,46 @@
+"""Classification: cross-entropy, class probabilities, accuracy/F1/ROC with bootstrap intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+
+from pare.metrics import bootstrap_cis, bootstrap_deltas, classification_details, classification_metrics
+from pare.tasks.base import Evaluation, Task, batched
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Classification(Task):
+    kind = "classification"
+    headline = "accuracy"
+    summary_metrics = ("accuracy", "f1_macro", "roc_auc")
+
+    def loss(self, outputs, y):
+        return F.cross_entropy(outputs, y)
+
+    def hits(self, outputs, y):
+        return int((outputs.argmax(1) == y).sum())
+
+    def outputs(self, run, X, batch_size=512):
+        return softmax(batched(run, X, batch_size))
+
+    def score(self, y, outputs, *, classes=None, bootstrap=1000, confidence=0.95, seed=0):
+        classes = classes or [str(i) for i in range(outputs.shape[1])]
+        metrics = classification_metrics(y, outputs)
+        if bootstrap:
+            metrics.update(bootstrap_cis(y, outputs, n_boot=bootstrap, confidence=confidence, seed=seed))
+        return Evaluation(metrics, classification_details(y, outputs, classes), y, outputs)
+
+    def agreement(self, outputs, reference, prefix=""):
+        return {f"{prefix}top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean())}
+
+    def paired(self, y, outputs, reference, *, n_boot=1000, confidence=0.95, seed=0):
+        if not n_boot:
+            return {}
+        deltas = bootstrap_deltas(y, outputs, reference, n_boot=n_boot, confidence=confidence, seed=seed)
+        return {k.replace("_ci", "_delta_ci", 1): v for k, v in deltas.items()}
