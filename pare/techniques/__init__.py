@@ -1,8 +1,9 @@
 """Compression techniques, one package each (config / apply / layers). Importing this package
-registers them: prune, quantize, distill, lowrank and share; lora and nas plug in the same way."""
+registers them: prune, quantize, distill, lowrank, share and lora."""
 
 from pare.techniques import (  # noqa: F401  (importing registers)
     distill,
+    lora,
     lowrank,
     prune,
     quantize,

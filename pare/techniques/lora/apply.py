@@ -1,0 +1,86 @@
+"""The ``lora`` technique: wrap, freeze, train adapters, report their share and bytes, merge."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from pare.errors import ConfigError
+from pare.export.weights import save_tensors
+from pare.registry import register
+from pare.selection import matches, replace_module, select_layers
+from pare.techniques.lora.config import LoRAConfig
+from pare.techniques.lora.layers import LoRALinear, QuantBase, adapter_state, merge_adapters
+
+
+def wrap(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Linear]:
+    layers = select_layers(
+        model, include=config.target, exclude=config.exclude, types=(nn.Linear,), key="target"
+    )
+    too_small = [
+        f"rank: {config.rank} is larger than layer {n!r} allows ({min(m.in_features, m.out_features)}, "
+        f"the smaller of its {m.in_features} inputs and {m.out_features} outputs)"
+        for n, m in layers.items()
+        if config.rank > min(m.in_features, m.out_features)
+    ]
+    if too_small:
+        raise ConfigError(too_small)
+    for name, layer in layers.items():
+        base = QuantBase(layer, config.base_bits, config.group_size) if config.base_bits else layer
+        replace_module(model, name, LoRALinear(base, config.rank, config.alpha, config.dropout))
+    return layers
+
+
+def trainable_parameters(model: nn.Module, config: LoRAConfig) -> list:
+    """Adapters and the ``trainable`` modules; everything else is frozen."""
+    names = {n for n, _ in model.named_modules()}
+    missing = [p for p in config.trainable if not any(matches(n, p) for n in names)]
+    if missing:
+        raise ConfigError([f"trainable: {p!r} matches no module" for p in missing])
+    params = []
+    for name, p in model.named_parameters():
+        owner = name.rsplit(".", 1)[0]
+        keep = ".lora_" in name or any(matches(owner, pat) or matches(name, pat) for pat in config.trainable)
+        p.requires_grad_(keep)
+        if keep:
+            params.append(p)
+    return params
+
+
+def lora(model: nn.Module, config: LoRAConfig, ctx):
+    """Low-rank adapters (LoRA) on chosen Linear layers over a frozen, optionally quantized base (QLoRA)."""
+    total = sum(p.numel() for p in model.parameters())
+    layers = wrap(model, config)
+    params = trainable_parameters(model, config)
+    trained = sum(p.numel() for p in params)
+    history = ctx.fit(model, params=params, epochs=config.epochs, lr=config.lr) if config.epochs else None
+    adapters = ctx.out_dir / "adapters.safetensors"
+    save_tensors(adapter_state(model), adapters, "pare_lora", {"rank": config.rank, "alpha": config.alpha})
+    info = {
+        "layers": list(layers),
+        "rank": config.rank,
+        "trainable_params": trained,
+        "trainable_share": trained / total,
+        "adapter_params": sum(v.numel() for v in adapter_state(model).values()),
+        "adapter_bytes": adapters.stat().st_size,
+        "base_bits": config.base_bits,
+        "history": history,
+    }
+    if config.base_bits:
+        info["base_bytes_quantized"] = sum(
+            m.base.storage_bytes() for m in model.modules() if isinstance(m, LoRALinear)
+        )
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if config.merge:
+        model = merge_adapters(model)
+    return model, info
+
+
+def restore(model: nn.Module, config: LoRAConfig, info: dict) -> nn.Module:
+    """Merged stages are plain models; unmerged ones get their adapters back for the weights."""
+    if not config.merge:
+        wrap(model, config)
+    return model
+
+
+register("lora", LoRAConfig, restore=restore)(lora)
