@@ -15,7 +15,7 @@ from pare.export import onnx_predict, ort_session
 from pare.recipes import recipe_from_dict
 from pare.recipes.schema import TrainConfig
 from pare.techniques.quantize import QuantizeConfig
-from pare.techniques.quantize.apply import export
+from pare.techniques.quantize.apply import export, restore
 from pare.techniques.quantize.config import MixedPrecisionConfig
 from pare.techniques.quantize.pack import load_packed
 from tests.helpers import accuracy, trained
@@ -113,6 +113,23 @@ def test_weight_only_packed_artifact_is_small_and_reloads(
     assert torch.allclose(plain(x), q(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_calibrated_weight_only_beats_rtn_packs_and_resumes(tmp_path, digits_split, mlp, method):
+    config = QuantizeConfig(mode="weight_only", bits=3, granularity="per_group", group_size=16, method=method)
+    q, info = pare.compress(mlp, config, digits_split)
+    errors = info["calibrated_error"]
+    assert set(errors) == {"net.1", "net.4", "net.7"}
+    assert all(e[method] < e["rtn"] for e in errors.values()), errors
+    x = digits_split.test.X
+    shipped = export(q, config, info, tmp_path, x[:1])  # packed like RTN: same loader
+    assert torch.allclose(load_packed(copy.deepcopy(mlp), shipped["artifact"])(x), q(x), atol=1e-5)
+    pare.export.save_weights(q, tmp_path / "q.safetensors")  # what --resume reloads
+    restored = pare.export.load_weights_file(
+        restore(copy.deepcopy(mlp), config, info), tmp_path / "q.safetensors"
+    )
+    assert torch.equal(restored(x), q(x))
+
+
 def test_qat_recovers_accuracy_lost_at_two_bits(digits_split, mlp):
     ptq, _ = pare.compress(mlp, QuantizeConfig(mode="weight_only", bits=2), digits_split)
     qat, info = pare.compress(
@@ -204,6 +221,10 @@ def test_nan_in_calibration_data_is_refused(digits_split, cnn):
         ({"mode": "weight_only", "mixed": {"bits": [2, 4]}}, "give exactly one of max_drop"),
         ({"overrides": {"net.1": {"bitz": 4}}}, r"unknown option\(s\) \['bitz'\]"),
         ({"mode": "qat", "scheme": "codebook"}, "cannot train through scheme 'codebook'"),
+        (
+            {"method": "gptq"},
+            "method: 'gptq' chooses weight codes from calibration data and needs mode: weight_only",
+        ),
     ],
 )
 def test_config_errors_name_the_key(stage, message):

@@ -16,6 +16,7 @@ from pare.progress import console
 from pare.registry import register
 from pare.selection import layer_options, replace_module, select_layers
 from pare.techniques.quantize import graph
+from pare.techniques.quantize.calibrated import awq, collect_input_stats, gptq
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
@@ -200,7 +201,15 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         chosen = allocate_bits(model, specs, sens, config.mixed, ctx)
         specs = {n: dataclasses.replace(s, bits=chosen[n]) for n, s in specs.items()}
     if config.mode == "weight_only" or (config.mode == "qat" and config.weight_bits < 8):
+        stats = None
+        if config.method != "rtn":  # inputs of every layer, from the float model
+            layers = {n: model.get_submodule(n) for n in specs}  # Linear only: convolutions stay RTN
+            layers = {n: m for n, m in layers.items() if isinstance(m, nn.Linear)}
+            stats = collect_input_stats(model, layers, calibration_batches(ctx, config))
         model = wrap_layers(model, specs)
+        if stats is not None:
+            info["method"] = config.method
+            info["calibrated_error"] = _calibrate(model, specs, stats, config)
         if config.mode == "qat":
             info["history"] = _qat(model, config, ctx)
     elif config.mode == "dynamic":
@@ -220,6 +229,40 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         }
     info["layers"] = _layer_table(model)
     return model, info
+
+
+def _calibrate(model, specs, stats, config) -> dict[str, dict[str, float]]:
+    """GPTQ or AWQ codes pinned in each layer; returns each layer's output error on the
+    calibration rows against RTN's (mean squared, relative to the float output's)."""
+    errors = {}
+    for name, st in stats.items():
+        layer, spec = model.get_submodule(name), specs[name]
+        w = layer.base.weight.detach()
+        if config.method == "gptq":
+            q = gptq(w, st.hessian, spec, damp=config.damp, act_order=config.act_order, name=name)
+        else:
+            q = awq(w, st, spec)
+        x = torch.cat(st.sample)
+        ref = x @ w.T
+
+        def err(deq, x=x, ref=ref):
+            return float((x @ deq.T - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
+
+        errors[name] = {"rtn": err(layer.quantized.dequantized), config.method: err(q.dequantized)}
+        layer.pin(q)
+    return errors
+
+
+def _pin_placeholders(model, specs, config) -> None:
+    """Shapes for pinned codes, so that a resumed run can load the saved ones into them."""
+    for name, spec in specs.items():
+        layer = model.get_submodule(name)
+        if not isinstance(layer.base, nn.Linear):
+            continue
+        q = quantize_weight(layer.base.weight, spec)
+        if config.method == "awq":
+            q.params["input_scale"] = torch.ones(layer.base.weight.shape[1])
+        layer.pin(q)
 
 
 def _fold(model, config):
@@ -290,7 +333,10 @@ def restore(model: nn.Module, config: QuantizeConfig, info: dict) -> nn.Module:
     if config.mode in ("static", "qat", "dynamic"):
         model = _fold(model, config)
     if config.mode == "weight_only" or (config.mode == "qat" and config.weight_bits < 8):
-        return wrap_layers(model, specs)
+        model = wrap_layers(model, specs)
+        if config.method != "rtn":
+            _pin_placeholders(model, specs, config)
+        return model
     if config.mode == "dynamic":
         return wrap_layers(model, specs, dynamic_bits=8)
     gm = graph.prepare_static(model, specs, graph.observer_factory("minmax", 99.99, 0.9))

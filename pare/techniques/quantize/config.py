@@ -57,6 +57,9 @@ class QuantizeConfig:
     sensitivity: bool = False
     mixed: MixedPrecisionConfig | None = None
     entropy_coding: bool = False  # packed artifact (weight_only) compressed losslessly (xz)
+    method: Literal["rtn", "gptq", "awq"] = "rtn"  # weight_only: round to nearest, or calibrated
+    damp: float = param(0.01, gt=0, lt=1)  # gptq: diagonal damping, share of the mean diagonal
+    act_order: bool = True  # gptq: quantize columns in order of decreasing input energy
 
     @property
     def weight_bits(self) -> int:
@@ -103,6 +106,17 @@ class QuantizeConfig:
             problems.append(
                 f"entropy_coding: mode {self.mode!r} ships an ONNX graph that ONNX Runtime loads as is; "
                 f"entropy coding applies to pare's packed artifact (mode: weight_only)"
+            )
+        if self.method != "rtn" and (
+            self.mode != "weight_only"
+            or s != "affine"
+            or not self.symmetric
+            or self.granularity == "per_tensor"
+        ):
+            problems.append(
+                f"method: {self.method!r} chooses weight codes from calibration data and needs mode: weight_only, "
+                f"scheme: affine, symmetric, per_channel or per_group (got mode={self.mode!r}, scheme={s!r}, "
+                f"symmetric={self.symmetric}, granularity={self.granularity!r})"
             )
         if self.mixed is not None and s != "affine":
             problems.append(f"mixed: mixed precision uses the affine scheme (got {s!r})")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pare.errors import PareError
 from pare.techniques.quantize.observers import Observer
-from pare.techniques.quantize.quantizers import WeightSpec, affine_params, quantize_weight
+from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec, affine_params, quantize_weight
 from pare.training.hooks import Hook
 
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations: what ONNX Runtime's x86 int8 kernels take
@@ -43,9 +43,26 @@ class QuantLayer(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh())
 
     def refresh(self) -> None:
-        """Re-quantize from ``base.weight`` (after calibration or training changed it)."""
-        self.quantized = quantize_weight(self.base.weight, self.spec)
+        """Re-quantize from ``base.weight`` (after calibration or training changed it); pinned
+        codes (GPTQ, AWQ) are kept and only decoded again."""
+        if hasattr(self, "pinned_codes"):
+            from pare.techniques.quantize.pack import dequantize
+
+            params = {k: getattr(self, f"pinned_{k}") for k in self.pinned_keys}
+            w = dequantize(self.pinned_codes, params, self.spec, self.base.weight.shape)
+            self.quantized = QuantizedWeight(w, self.pinned_codes.to(torch.int32), params, self.spec.bits)
+        else:
+            self.quantized = quantize_weight(self.base.weight, self.spec)
         self.register_buffer("weight_q", self.quantized.dequantized.detach().clone(), persistent=False)
+
+    def pin(self, quantized: QuantizedWeight) -> None:
+        """Keep these codes (chosen with calibration data) instead of re-quantizing ``base.weight``;
+        they are saved with the model, so a resumed run loads them back."""
+        self.register_buffer("pinned_codes", quantized.codes.to(torch.int8))
+        self.pinned_keys = sorted(quantized.params)
+        for k, v in quantized.params.items():
+            self.register_buffer(f"pinned_{k}", v.detach().float().clone())
+        self.refresh()
 
     @property
     def int8_affine(self) -> bool:

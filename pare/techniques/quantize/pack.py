@@ -46,7 +46,10 @@ def dequantize(codes: torch.Tensor, params: dict[str, torch.Tensor], spec: Weigh
         scale, zero = params["scale"], params["zero_point"]
         rows = scale.numel()
         c = codes.reshape(rows, -1).float()
-        return ((c - zero[:, None]) * scale[:, None]).reshape(shape)
+        w = ((c - zero[:, None]) * scale[:, None]).reshape(shape)
+        if "input_scale" in params:  # AWQ: the stored codes are of weight x input_scale
+            w = (w.reshape(shape[0], -1) / params["input_scale"][None, :]).reshape(shape)
+        return w
     if s == "pow2":
         c = codes.reshape(shape[0], -1).float()
         e = c.abs() - 1 + params["e_min"][:, None]

@@ -1,0 +1,152 @@
+"""Weight-only quantization that looks at calibration inputs: GPTQ and AWQ.
+
+Both produce weights in the same format as round-to-nearest (``affine``, symmetric, one scale
+per group of ``group_size`` inputs or per channel), so packing, loading and the report are
+shared; AWQ adds one scale per input channel (``input_scale``) that the weight is divided by.
+
+- GPTQ (Frantar et al. 2022): quantize one input column at a time and spread its rounding
+  error over the columns not yet quantized, weighted by the inverse Hessian H = X^T X of the
+  layer's inputs. Damping adds ``damp`` x mean(diag H) to the diagonal; when H is still not
+  positive definite the damping grows tenfold (three tries) before a clear error. With
+  ``act_order`` columns go in order of decreasing diag(H); group scales are fixed from the
+  original weights first ("static groups"), so the result packs like RTN.
+- AWQ (Lin et al. 2023): scale input channel j by s_j = mean|x_j|^a before quantizing (and
+  divide it back), choosing a in [0, 1] per layer by the output error on calibration rows:
+  salient channels get finer steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pare.errors import PareError
+from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec, quantize_weight
+
+
+class InputStats:
+    """What GPTQ and AWQ need from a layer's inputs: X^T X, mean |x| per channel, a row sample."""
+
+    def __init__(self, in_features: int, keep_rows: int = 512):
+        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self.abs_sum = torch.zeros(in_features, dtype=torch.float64)
+        self.rows = 0
+        self.sample: list[torch.Tensor] = []
+        self.keep_rows = keep_rows
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        self.xtx += x.T @ x
+        self.abs_sum += x.abs().sum(0)
+        self.rows += len(x)
+        kept = sum(len(s) for s in self.sample)
+        if kept < self.keep_rows:
+            self.sample.append(x[: self.keep_rows - kept].float())
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        return self.xtx / max(self.rows, 1)
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        return (self.abs_sum / max(self.rows, 1)).float()
+
+
+def collect_input_stats(
+    model: torch.nn.Module, layers: dict[str, torch.nn.Module], batches
+) -> dict[str, InputStats]:
+    """Run ``batches`` through ``model`` and record the inputs of each named layer."""
+    stats = {n: InputStats(m.in_features) for n, m in layers.items()}
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, s=stats[n]: s.update(args[0]))
+        for n, m in layers.items()
+    ]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def _group_scales(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, int]:
+    """Per-group (or per-channel) symmetric scales of ``w`` as RTN computes them, and the group width."""
+    ref = quantize_weight(w, spec)
+    width = spec.group_size if spec.granularity == "per_group" else w.shape[1]
+    return ref.params["scale"].reshape(w.shape[0], -1), width
+
+
+def _inverse_hessian_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
+    """Upper Cholesky factor of H^-1, damping more until H is positive definite."""
+    eye = torch.eye(len(h), dtype=h.dtype)
+    mean_diag = h.diagonal().mean().clamp(min=1e-12)
+    for attempt in range(4):
+        damped = h + damp * (10**attempt) * mean_diag * eye
+        chol, info = torch.linalg.cholesky_ex(damped)
+        if info == 0:
+            inv = torch.cholesky_inverse(chol)
+            return torch.linalg.cholesky(inv, upper=True)
+    raise PareError(
+        f"GPTQ: the input Hessian of layer {name!r} is not positive definite even with damping "
+        f"{damp * 1000:g} x mean diagonal; raise damp or give more (varied) calibration samples"
+    )
+
+
+def gptq(
+    w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, *, damp=0.01, act_order=True, block=128, name=""
+) -> QuantizedWeight:
+    """GPTQ of one Linear weight (out, in) given its input Hessian (in, in)."""
+    w = w.detach().double().clone()
+    h = h.double().clone()
+    scales, width = _group_scales(w.float(), spec)
+    scales = scales.double()
+    qmax = 2 ** (spec.bits - 1) - 1
+    dead = h.diagonal() == 0  # inputs that never fire: any value works, use zero
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    n = w.shape[1]
+    perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(n)
+    w, h = w[:, perm], h[perm][:, perm]
+    col_scale = scales[:, perm // width]  # each column keeps its original group's scale
+    hinv = _inverse_hessian_factor(h, damp, name)
+    codes = torch.zeros_like(w)
+    for i1 in range(0, n, block):
+        i2 = min(i1 + block, n)
+        w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros_like(w[:, i1:i2]), hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col, s = w1[:, i], col_scale[:, i1 + i]
+            q = torch.clamp(torch.round(col / s), -qmax, qmax)
+            codes[:, i1 + i] = q
+            err = (col - q * s) / hinv1[i, i]
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    inverse = torch.argsort(perm)
+    codes = codes[:, inverse]
+    deq = (codes * scales.repeat_interleave(width, dim=1)).float()
+    return QuantizedWeight(
+        deq,
+        codes.to(torch.int32),
+        {"scale": scales.reshape(-1).float(), "zero_point": torch.zeros(scales.numel())},
+        spec.bits,
+    )
+
+
+def awq(w: torch.Tensor, stats: InputStats, spec: WeightSpec, grid: int = 20) -> QuantizedWeight:
+    """Activation-aware scaling searched on a grid of exponents; the weight is divided back."""
+    w = w.detach().float()
+    x = torch.cat(stats.sample)
+    ref = x @ w.T
+    mean_abs = stats.mean_abs.clamp(min=1e-8)
+    best, best_err = None, float("inf")
+    for k in range(grid + 1):
+        a = k / grid
+        s = mean_abs**a
+        s = s / (s.max() * s.min()).sqrt()  # centred, so a = 0 is plain RTN
+        q = quantize_weight(w * s[None, :], spec)
+        err = float(((x @ (q.dequantized / s[None, :]).T) - ref).pow(2).mean())
+        if err < best_err:
+            best, best_err = (q, s), err
+    q, s = best
+    return QuantizedWeight(q.dequantized / s[None, :], q.codes, {**q.params, "input_scale": s}, spec.bits)
