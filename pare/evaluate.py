@@ -14,7 +14,7 @@ from pare.tasks.classification import softmax
 def predict_proba(model: nn.Module, X: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     was_training = model.training
     model.eval()
-    out = get_task("classification").outputs(model, X, batch_size)
+    out = get_task("classification").outputs(model, Part(X, None), batch_size)
     model.train(was_training)
     return out
 
@@ -48,7 +48,7 @@ def evaluate(
     t = get_task(task)
     was_training = model.training
     model.eval()
-    outputs = t.outputs(model, data.X)
+    outputs = t.outputs(model, data)
     model.train(was_training)
     return t.score(
         data.y.numpy(), outputs, classes=classes, bootstrap=bootstrap, confidence=confidence, seed=seed

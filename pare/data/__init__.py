@@ -10,6 +10,10 @@ def load_dataset(cfg, seed: int = 0, tokenizer=None) -> Dataset:
         from pare.data.text import load_pydoc_retrieval
 
         return load_pydoc_retrieval(tokenizer, cfg.max_length, seed, cfg.chunk_sentences)
+    if cfg.source == "pydoc_lm":
+        from pare.data.text import load_pydoc_lm
+
+        return load_pydoc_lm(cfg.max_length, cfg.vocab_size, seed, cfg.val_fraction, cfg.test_fraction)
     if cfg.source in BUILTIN:
         ds = load_builtin(cfg.source)
         return resize_images(ds, cfg.image_size) if cfg.image_size else ds

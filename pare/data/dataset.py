@@ -25,6 +25,8 @@ class Dataset:
     y: np.ndarray
     classes: list[str]
     kind: str = "classification"
+    vocab: int | None = None  # language models: the number of token ids (their "classes")
+    part_sizes: tuple[int, int] | None = None  # (test, val) rows first, in order: held out by the loader
 
     def __post_init__(self):
         check_arrays(self.X, self.y, self.name, self.classes if self.kind == "classification" else None)
@@ -36,7 +38,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        return self.vocab or len(self.classes)
 
 
 @dataclass
@@ -61,10 +63,11 @@ class Split:
     fold: int | None = None
     preprocessing: dict = field(default_factory=dict)
     kind: str = "classification"
+    vocab: int | None = None
 
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        return self.vocab or len(self.classes)
 
     def sizes(self) -> dict[str, int]:
         return {"n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test)}
@@ -94,6 +97,11 @@ def check_arrays(X: np.ndarray, y: np.ndarray, source: str, classes: list[str] |
 def split_dataset(ds: Dataset, *, val: float, test: float, seed: int, standardize: bool) -> Split:
     """Seeded train/val/test split, stratified by class for classification."""
     idx = np.arange(len(ds.y))
+    if ds.part_sizes is not None:  # the loader already decided what is held out (whole topics)
+        n_test, n_val = ds.part_sizes
+        return _make_split(
+            ds, idx[n_test + n_val :], idx[n_test : n_test + n_val], idx[:n_test], standardize=standardize
+        )
     stratify = ds.kind == "classification"
     if stratify:
         _check_class_counts(ds, needed=3)
@@ -138,7 +146,7 @@ def _make_split(ds: Dataset, train_idx, val_idx, test_idx, *, standardize: bool)
         X, prep = _standardize(X, train_idx)
 
     def part(ix):
-        y = ds.y[ix] if ds.kind == "classification" else np.arange(len(ix))  # retrieval: row i matches row i
+        y = np.arange(len(ix)) if ds.kind == "retrieval" else ds.y[ix]  # retrieval: row i matches row i
         return Part(torch.from_numpy(np.ascontiguousarray(X[ix])), torch.from_numpy(y.astype(np.int64)))
 
     return Split(
@@ -150,6 +158,7 @@ def _make_split(ds: Dataset, train_idx, val_idx, test_idx, *, standardize: bool)
         name=ds.name,
         preprocessing=prep,
         kind=ds.kind,
+        vocab=ds.vocab,
     )
 
 

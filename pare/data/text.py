@@ -71,3 +71,54 @@ def load_pydoc_retrieval(tokenizer, max_length: int, seed: int, chunk_sentences:
         [tokenize(queries, tokenizer, max_length), tokenize(passages, tokenizer, max_length)], axis=1
     )
     return Dataset(name="pydoc-retrieval", X=X, y=np.arange(len(X)), classes=[], kind="retrieval")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer learnt offline from ``texts`` (the training topics only)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def load_pydoc_lm(context: int, vocab_size: int, seed: int, val: float, test: float):
+    """Next-token windows of ``context`` tokens over pydoc_data's topics. Whole topics are held
+    out (a seeded shuffle; test topics first, then validation, then training, by share of
+    characters), and the tokenizer is learnt from the training topics only."""
+    from pare.data.dataset import Dataset
+
+    topics = pydoc_topics()
+    names = list(topics)
+    np.random.default_rng(seed).shuffle(names)
+    total = sum(len(topics[n]) for n in names)
+    held, parts = 0, []
+    for n in names:
+        parts.append("test" if held < test * total else "val" if held < (test + val) * total else "train")
+        held += len(topics[n])
+    tok = train_tokenizer([topics[n] for n, p in zip(names, parts) if p == "train"], vocab_size)
+    windows = {"test": [], "val": [], "train": []}
+    for n, p in zip(names, parts):
+        ids = np.array(tok.encode(topics[n]).ids, dtype=np.int64)
+        count = (len(ids) - 1) // context
+        for i in range(count):
+            windows[p].append(ids[i * context : i * context + context + 1])
+    if not windows["test"] or not windows["val"] or not windows["train"]:
+        raise DataError(
+            f"data.max_length: {context} tokens leaves a part without windows; use a shorter context"
+        )
+    rows = np.stack(windows["test"] + windows["val"] + windows["train"])
+    return Dataset(
+        name="pydoc-lm",
+        X=rows[:, :-1],
+        y=rows[:, 1:],
+        classes=[],
+        kind="language_model",
+        vocab=tok.get_vocab_size(),
+        part_sizes=(len(windows["test"]), len(windows["val"])),
+    )

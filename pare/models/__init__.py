@@ -111,9 +111,8 @@ def build_model(
         label = f"factory {cfg.factory!r}"
     if cfg.weights:
         load_weights(model, cfg.weights)
-    check_output(
-        model, input_shape, None if kind == "retrieval" else num_classes, label, text=cfg.hf is not None
-    )
+    text = hf is not None or kind == "language_model"  # token ids in
+    check_output(model, input_shape, None if kind == "retrieval" else num_classes, label, text=text)
     return model
 
 
@@ -162,6 +161,8 @@ def check_output(
         ) from None
     finally:
         model.train(was_training)
+    if text and isinstance(out, torch.Tensor) and out.dim() == 3:  # a language model: (2, T, vocab)
+        out = out[:, -1]
     ok = isinstance(out, torch.Tensor) and out.dim() == 2 and len(out) == 2
     if not ok or (num_classes is not None and out.shape[1] != num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -123,11 +123,12 @@ class ResNet(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention written out (not fused), so FLOP counters see every matmul."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False):
         super().__init__()
         if dim % heads:
             raise UnsupportedModelError(f"transformer: dim={dim} is not divisible by heads={heads}")
         self.heads = heads
+        self.causal = causal  # a token attends only to itself and earlier tokens (language models)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
@@ -138,16 +139,19 @@ class SelfAttention(nn.Module):
         # (B, T, C) -> (B, heads, T, C/heads)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, heads, T, T)
+        if self.causal:
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            att = att.masked_fill(future, float("-inf"))
         att = self.drop(att.softmax(dim=-1))
         y = (att @ v).transpose(1, 2).reshape(B, T, C)
         return self.proj(y)
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, causal: bool = False):
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, dropout)
+        self.attn = SelfAttention(dim, heads, dropout, causal)
         self.ln2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
         self.drop = nn.Dropout(dropout)
@@ -202,4 +206,38 @@ class Transformer(nn.Module):
         return self.head(self.ln(x).mean(dim=1))
 
 
-ZOO = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "transformer": Transformer}
+class GPT(nn.Module):
+    """A small decoder-only language model: token and learned position embeddings, causal
+    pre-norm blocks, a final LayerNorm and an untied output layer. Token ids (B, T) -> next-token
+    logits (B, T, vocab); ``num_classes`` is the vocabulary size."""
+
+    def __init__(
+        self,
+        input_shape,
+        num_classes,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if len(input_shape) != 1:
+            raise UnsupportedModelError(
+                f"gpt: takes token ids (sequence length,), got input shape {tuple(input_shape)}"
+            )
+        self.tokens = nn.Embedding(num_classes, dim)
+        self.pos = nn.Parameter(torch.zeros(1, input_shape[0], dim))
+        nn.init.normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(
+            *[EncoderBlock(dim, heads, mlp_ratio, dropout, causal=True) for _ in range(depth)]
+        )
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, ids):
+        x = self.tokens(ids) + self.pos[:, : ids.shape[1]]
+        return self.head(self.ln(self.blocks(x)))
+
+
+ZOO = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "transformer": Transformer, "gpt": GPT}

@@ -49,5 +49,7 @@ class StageContext:
         return evaluate(model, self.split.val, self.split.classes, task=self.split.kind, bootstrap=0).metrics
 
     def score(self, model: nn.Module) -> float:
-        """The task's headline validation metric (accuracy, Recall@1, ...): higher is better."""
-        return self.evaluate(model)[get_task(self.split.kind).headline]
+        """The task's headline validation metric (accuracy, Recall@1, minus perplexity): higher is better."""
+        task = get_task(self.split.kind)
+        value = self.evaluate(model)[task.headline]
+        return value if task.higher_is_better else -value

@@ -235,17 +235,15 @@ def _evaluate(model, split: Split, recipe: Recipe, stage_dir: Path, technique, s
     if technique is not None and technique.export is not None:
         exported = technique.export(model, stage.config, info, stage_dir, task.inputs(split.test.X[:1]))
     model.eval()
-    torch_outputs = task.outputs(model, split.test.X)  # for a quantized model: pare's simulation
+    torch_outputs = task.outputs(model, split.test)  # for a quantized model: pare's simulation
     outputs = torch_outputs
     if exported and exported.get("runtime") == "onnxruntime":
-        outputs = task.outputs(onnx_runner(ort_session(exported["artifact"])), split.test.X)
+        outputs = task.outputs(onnx_runner(ort_session(exported["artifact"])), split.test)
     y = split.test.y.numpy()
     result = task.score(
         y, outputs, classes=split.classes, bootstrap=ev.bootstrap, confidence=ev.confidence, seed=recipe.seed
     )
-    val = task.score(
-        split.val.y.numpy(), task.outputs(model, split.val.X), classes=split.classes, bootstrap=0
-    )
+    val = task.score(split.val.y.numpy(), task.outputs(model, split.val), classes=split.classes, bootstrap=0)
     return {
         "metrics": result.metrics,
         "val_metrics": val.metrics,
@@ -304,7 +302,7 @@ def _cost(model, split: Split, recipe: Recipe, stage_dir: Path, evaluation: dict
         files[onnx_path.name] = onnx_path.stat().st_size
         cost["latency"]["onnxruntime"] = onnx_latency(session, sample, sizes, ev.latency_repeats)
         shipped = exported and exported.get("runtime") == "onnxruntime"  # already run on the test set
-        ort = evaluation["outputs"] if shipped else task.outputs(onnx_runner(session), split.test.X)
+        ort = evaluation["outputs"] if shipped else task.outputs(onnx_runner(session), split.test)
         # ONNX Runtime against the torch model (for quantized stages, pare's simulation of it)
         cost.update(task.agreement(ort, evaluation["torch_outputs"], prefix="onnx_"))
     cost["files"] = files

@@ -15,9 +15,9 @@ from pare.config import did_you_mean, from_dict, param, to_dict
 from pare.errors import ConfigError
 
 DataSource = Literal[
-    "digits", "breast_cancer", "wine", "iris", "csv", "npz", "image_folder", "pydoc_retrieval"
+    "digits", "breast_cancer", "wine", "iris", "csv", "npz", "image_folder", "pydoc_retrieval", "pydoc_lm"
 ]
-TEXT_SOURCES = ("pydoc_retrieval",)
+TEXT_SOURCES = ("pydoc_retrieval", "pydoc_lm")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class DataConfig:
     cv_folds: int | None = param(None, ge=2, le=20)
     max_length: int = param(128, ge=8, le=4096)  # text: tokens per text (padded and truncated)
     chunk_sentences: int = param(3, ge=2, le=20)  # pydoc_retrieval: sentences per query + passage
+    vocab_size: int = param(1024, ge=260, le=65536)  # pydoc_lm: byte-level BPE learnt from training topics
 
     def check(self) -> list[str]:
         problems = []
@@ -195,7 +196,7 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
         problems.append(f"stages: the name {dup!r} is used more than once; stage names must be unique")
     if "baseline" in names:
         problems.append("stages: 'baseline' is reserved for the trained model every stage is compared with")
-    if recipe is not None and recipe.data.source in TEXT_SOURCES and recipe.model.hf is None:
+    if recipe is not None and recipe.data.source == "pydoc_retrieval" and recipe.model.hf is None:
         problems.append(
             f"model.hf: data source {recipe.data.source!r} is text and is tokenized with the model's tokenizer; "
             f"set model.hf to a Hugging Face model directory"

@@ -38,8 +38,10 @@ def fmt_delta(comparison: dict, name: str) -> str:
     if d is None:
         return "-"
     ci = next((comparison[k] for k in comparison if k.startswith(f"{name}_delta_ci")), None)
-    text = f"{d * 100:+.2f} pt"
-    return f"{text} [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]" if ci else text
+    # shares (accuracy, recall) differ in points; perplexity and losses in their own units
+    scale, unit = (1, "") if name in ("perplexity", "nll") or name.endswith("_loss") else (100, " pt")
+    text = f"{d * scale:+.2f}{unit}"
+    return f"{text} [{ci[0] * scale:+.2f}, {ci[1] * scale:+.2f}]" if ci else text
 
 
 def fmt_ratio(r: float | None) -> str:

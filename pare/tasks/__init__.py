@@ -7,9 +7,10 @@ classification; a task kind is one small class.
 from pare.errors import ConfigError
 from pare.tasks.base import Evaluation, Task
 from pare.tasks.classification import Classification
+from pare.tasks.language_model import LanguageModel
 from pare.tasks.retrieval import Retrieval
 
-TASKS: dict[str, Task] = {t.kind: t for t in (Classification(), Retrieval())}
+TASKS: dict[str, Task] = {t.kind: t for t in (Classification(), Retrieval(), LanguageModel())}
 
 
 def get_task(kind: str) -> Task:
@@ -18,4 +19,4 @@ def get_task(kind: str) -> Task:
     return TASKS[kind]
 
 
-__all__ = ["Task", "Evaluation", "Classification", "Retrieval", "TASKS", "get_task"]
+__all__ = ["Task", "Evaluation", "Classification", "Retrieval", "LanguageModel", "TASKS", "get_task"]

@@ -19,7 +19,8 @@ class Evaluation:
 
 class Task:
     kind = ""
-    headline = ""  # the validation metric techniques maximise (higher is better)
+    headline = ""  # the validation metric techniques optimise
+    higher_is_better = True
     summary_metrics: tuple[str, ...] = ()  # the columns a person scans first
 
     def inputs(self, X: torch.Tensor) -> torch.Tensor:
@@ -33,9 +34,9 @@ class Task:
         """Correct predictions in a batch: the training history's accuracy."""
         raise NotImplementedError
 
-    def outputs(self, run: Callable, X: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    def outputs(self, run: Callable, part, batch_size: int = 256) -> np.ndarray:
         """Run ``run`` (a torch model or an ONNX Runtime session wrapped as a function of a
-        tensor) over ``X`` in batches; the stored outputs ``score`` and ``paired`` read."""
+        tensor) over a part in batches; the stored outputs ``score`` and ``paired`` read."""
         raise NotImplementedError
 
     def score(self, y, outputs, *, classes=None, bootstrap=1000, confidence=0.95, seed=0) -> Evaluation:

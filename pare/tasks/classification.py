@@ -26,8 +26,8 @@ class Classification(Task):
     def hits(self, outputs, y):
         return int((outputs.argmax(1) == y).sum())
 
-    def outputs(self, run, X, batch_size=512):
-        return softmax(batched(run, X, batch_size))
+    def outputs(self, run, part, batch_size=512):
+        return softmax(batched(run, part.X, batch_size))
 
     def score(self, y, outputs, *, classes=None, bootstrap=1000, confidence=0.95, seed=0):
         classes = classes or [str(i) for i in range(outputs.shape[1])]

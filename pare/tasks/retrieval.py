@@ -37,8 +37,8 @@ class Retrieval(Task):
         q, p = outputs[0::2], outputs[1::2]
         return int(((q @ p.T).argmax(1) == torch.arange(len(q))).sum())
 
-    def outputs(self, run, X, batch_size=64):
-        return batched(run, self.inputs(X), batch_size)
+    def outputs(self, run, part, batch_size=64):
+        return batched(run, self.inputs(part.X), batch_size)
 
     def _values(self, outputs):
         q, p = outputs[0::2], outputs[1::2]
