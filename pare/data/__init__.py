@@ -10,6 +10,10 @@ def load_dataset(cfg, seed: int = 0, tokenizer=None) -> Dataset:
         from pare.data.text import load_pydoc_retrieval
 
         return load_pydoc_retrieval(tokenizer, cfg.max_length, seed, cfg.chunk_sentences)
+    if cfg.source == "pydoc_topics":
+        from pare.data.text import load_pydoc_topics
+
+        return load_pydoc_topics(tokenizer, cfg.max_length, cfg.chunk_sentences)
     if cfg.source == "pydoc_lm":
         from pare.data.text import load_pydoc_lm
 

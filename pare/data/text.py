@@ -35,6 +35,15 @@ def prose_sentences(text: str, min_chars: int = 20) -> list[str]:
     return out
 
 
+def sentence_chunks(sentences: list[str], size: int) -> list[list[str]]:
+    """Consecutive runs of ``size`` sentences; a lone last sentence joins the run before it."""
+    chunks = [sentences[i : i + size] for i in range(0, len(sentences), size)]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        last = chunks.pop()
+        chunks[-1] += last
+    return [c for c in chunks if len(c) >= 2]
+
+
 def retrieval_pairs(seed: int = 0, chunk_sentences: int = 3) -> tuple[list[str], list[str], list[str]]:
     """(queries, passages, topics): query ``i`` is a sentence cut out of passage ``i``'s chunk."""
     if chunk_sentences < 2:
@@ -42,14 +51,7 @@ def retrieval_pairs(seed: int = 0, chunk_sentences: int = 3) -> tuple[list[str],
     rng = np.random.default_rng(seed)
     queries, passages, topics = [], [], []
     for topic, text in pydoc_topics().items():
-        sents = prose_sentences(text)
-        chunks = [sents[i : i + chunk_sentences] for i in range(0, len(sents), chunk_sentences)]
-        if len(chunks) > 1 and len(chunks[-1]) < 2:  # a lone last sentence joins the chunk before
-            last = chunks.pop()
-            chunks[-1] += last
-        for chunk in chunks:
-            if len(chunk) < 2:
-                continue
+        for chunk in sentence_chunks(prose_sentences(text), chunk_sentences):
             q = int(rng.integers(len(chunk)))
             queries.append(chunk[q])
             passages.append(" ".join(chunk[:q] + chunk[q + 1 :]))
@@ -71,6 +73,22 @@ def load_pydoc_retrieval(tokenizer, max_length: int, seed: int, chunk_sentences:
         [tokenize(queries, tokenizer, max_length), tokenize(passages, tokenizer, max_length)], axis=1
     )
     return Dataset(name="pydoc-retrieval", X=X, y=np.arange(len(X)), classes=[], kind="retrieval")
+
+
+def load_pydoc_topics(tokenizer, max_length: int, chunk_sentences: int = 3, min_passages: int = 15):
+    """Text classification: which documentation topic a passage of ``chunk_sentences`` sentences
+    comes from, over the topics with at least ``min_passages`` passages (18 topics, 876
+    passages with the defaults)."""
+    from pare.data.dataset import Dataset
+
+    texts, labels = [], []
+    per_topic = {t: sentence_chunks(prose_sentences(x), chunk_sentences) for t, x in pydoc_topics().items()}
+    classes = [t for t, chunks in per_topic.items() if len(chunks) >= min_passages]
+    for label, topic in enumerate(classes):
+        texts += [" ".join(c) for c in per_topic[topic]]
+        labels += [label] * len(per_topic[topic])
+    X = tokenize(texts, tokenizer, max_length)
+    return Dataset(name="pydoc-topics", X=X, y=np.array(labels, dtype=np.int64), classes=classes)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

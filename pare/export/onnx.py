@@ -20,15 +20,17 @@ from pare.io import atomic_write
 @contextlib.contextmanager
 def _quiet():
     """The exporter logs every step and warns about optional packages; keep the terminal clean."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # onnxscript's constant folding warns about shapes it cannot fold
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> int:

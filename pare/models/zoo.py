@@ -128,22 +128,25 @@ class SelfAttention(nn.Module):
         if dim % heads:
             raise UnsupportedModelError(f"transformer: dim={dim} is not divisible by heads={heads}")
         self.heads = heads
+        self.head_dim = dim // heads
         self.causal = causal  # a token attends only to itself and earlier tokens (language models)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, heads, T, C/heads)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        qkv = self.qkv(x)
+        inner = qkv.shape[-1] // 3  # heads x head_dim: fewer heads once some are pruned
+        q, k, v = qkv.split(inner, dim=2)
+        # (B, T, inner) -> (B, heads, T, head_dim)
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, heads, T, T)
         if self.causal:
             future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
             att = att.masked_fill(future, float("-inf"))
         att = self.drop(att.softmax(dim=-1))
-        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        y = (att @ v).transpose(1, 2).reshape(B, T, inner)
         return self.proj(y)
 
 

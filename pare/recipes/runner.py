@@ -91,7 +91,10 @@ def run(
         stage_dir = out / "stages" / f"{index:02d}-{name}"
         # a stage starts from the previous stage's model, or from the one its `from` names
         source_name = None if stage is None else stage.source or list(outputs)[-1]
-        source = None if stage is None else outputs[source_name]
+        if source_name == "pretrained":  # the recipe's model as built (e.g. LoRA against full fine-tuning)
+            source = [_seeded_model(recipe, split, fold) for fold, split in enumerate(splits)]
+        else:
+            source = None if stage is None else outputs[source_name]
         reused = previous[index] if index < len(previous) else None
         if reused is not None:
             console.print(f"[dim]stage {name}: finished earlier, reusing {stage_dir}[/]")
@@ -141,6 +144,11 @@ def recipe_model(recipe: Recipe, split: Split) -> torch.nn.Module:
     return build_model(recipe.model, split.input_shape, split.num_classes, split.kind, _tokenizer(recipe))
 
 
+def _seeded_model(recipe: Recipe, split: Split, fold: int) -> torch.nn.Module:
+    seed_everything(recipe.seed + fold)  # weight initialisation is part of the seeded run
+    return recipe_model(recipe, split)
+
+
 def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline_record, source_name=None):
     if stage_dir.exists():  # a stale or interrupted attempt of this stage
         shutil.rmtree(stage_dir)
@@ -151,8 +159,7 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline
     for fold, split in enumerate(splits):
         tag = f" (fold {fold + 1}/{len(splits)})" if len(splits) > 1 else ""
         if stage is None:
-            seed_everything(recipe.seed + fold)  # weight initialisation is part of the seeded run
-            model = recipe_model(recipe, split)
+            model = _seeded_model(recipe, split, fold)
             history = None
             if recipe.train.epochs > 0:
                 history = fit(

@@ -15,9 +15,19 @@ from pare.config import did_you_mean, from_dict, param, to_dict
 from pare.errors import ConfigError
 
 DataSource = Literal[
-    "digits", "breast_cancer", "wine", "iris", "csv", "npz", "image_folder", "pydoc_retrieval", "pydoc_lm"
+    "digits",
+    "breast_cancer",
+    "wine",
+    "iris",
+    "csv",
+    "npz",
+    "image_folder",
+    "pydoc_retrieval",
+    "pydoc_lm",
+    "pydoc_topics",
 ]
-TEXT_SOURCES = ("pydoc_retrieval", "pydoc_lm")
+TEXT_SOURCES = ("pydoc_retrieval", "pydoc_lm", "pydoc_topics")
+TOKENIZED = ("pydoc_retrieval", "pydoc_topics")  # by the pretrained model's own tokenizer
 
 
 @dataclass
@@ -32,7 +42,7 @@ class DataConfig:
     test_fraction: float = param(0.2, gt=0, lt=0.5)
     cv_folds: int | None = param(None, ge=2, le=20)
     max_length: int = param(128, ge=8, le=4096)  # text: tokens per text (padded and truncated)
-    chunk_sentences: int = param(3, ge=2, le=20)  # pydoc_retrieval: sentences per query + passage
+    chunk_sentences: int = param(3, ge=2, le=20)  # pydoc_retrieval/topics: sentences per passage
     vocab_size: int = param(1024, ge=260, le=65536)  # pydoc_lm: byte-level BPE learnt from training topics
 
     def check(self) -> list[str]:
@@ -174,10 +184,10 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
         name = raw.pop("name", None) or f"{technique}-{i + 1}"
         start_from = raw.pop("from", None)
         earlier = ["baseline", *(s.name for s in stages)]
-        if start_from is not None and start_from not in earlier:
+        if start_from is not None and start_from not in [*earlier, "pretrained"]:
             problems.append(
                 f"{where}.from: {start_from!r} is not an earlier stage{did_you_mean(str(start_from), earlier)}; "
-                f"earlier stages: {', '.join(earlier)}"
+                f"earlier stages: {', '.join(earlier)}, or 'pretrained' (the model as built, before baseline training)"
             )
         if technique not in TECHNIQUES:
             known = ", ".join(TECHNIQUES) or "none registered"
@@ -194,9 +204,12 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
     names = [s.name for s in stages]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"stages: the name {dup!r} is used more than once; stage names must be unique")
-    if "baseline" in names:
-        problems.append("stages: 'baseline' is reserved for the trained model every stage is compared with")
-    if recipe is not None and recipe.data.source == "pydoc_retrieval" and recipe.model.hf is None:
+    if "baseline" in names or "pretrained" in names:
+        problems.append(
+            "stages: 'baseline' and 'pretrained' are reserved (the trained model every stage is compared "
+            "with, and the model before that training)"
+        )
+    if recipe is not None and recipe.data.source in TOKENIZED and recipe.model.hf is None:
         problems.append(
             f"model.hf: data source {recipe.data.source!r} is text and is tokenized with the model's tokenizer; "
             f"set model.hf to a Hugging Face model directory"

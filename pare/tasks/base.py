@@ -27,6 +27,10 @@ class Task:
         """The model's input for rows of a part's ``X``."""
         return X
 
+    def output_rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """Rows of ``model(inputs(X))`` that belong to rows ``indices`` of ``X``."""
+        return indices
+
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

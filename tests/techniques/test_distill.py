@@ -123,7 +123,7 @@ def test_feature_multi_teacher_crd_and_born_again_run_and_report(teacher, digits
 
 
 def test_bad_settings_are_named(teacher, digits_split):
-    with pytest.raises(ConfigError, match="student: distill needs a student"):
+    with pytest.raises(ConfigError, match="student: without a student the stage.s input model is trained"):
         from_dict(DistillConfig, {})
     with pytest.raises(ConfigError, match="exactly one of name"):
         from_dict(DistillConfig, {"student": {"name": "cnn", "shrink": 0.5}})

@@ -20,6 +20,7 @@ from pare.techniques.prune.blocks import drop, residual_blocks
 from pare.techniques.prune.criteria import activation_entropy, channel_scores
 from pare.techniques.prune.dependency import trace
 from pare.techniques.prune.structured import channel_groups, reshape, shrink
+from pare.techniques.prune.transformer import attention_heads, ffn_neurons
 from pare.techniques.prune.unstructured import load_sparse, n_m_masks, save_sparse, threshold_masks
 from tests.helpers import trained
 
@@ -145,7 +146,7 @@ def test_transformer_ffn_neurons_are_removed_and_attention_left_alone(digits_spl
         assert block.mlp[0].out_features == block.mlp[2].in_features == 64  # hidden 128 -> 64
         assert block.attn.qkv.out_features == 192 and block.mlp[2].out_features == 64  # untouched
     reasons = " ".join(g["reason"] for g in info["skipped_groups"])
-    assert "split on token features" in reasons  # q/k/v are cut into heads: not pruned
+    assert "on token features" in reasons  # q/k/v are cut into heads: left to method: heads
     assert q(digits_split.test.X[:2]).shape == (2, 10)
 
 
@@ -153,6 +154,53 @@ def test_transformer_layers_can_be_dropped(digits_split):
     model = trained(digits_split, "transformer", epochs=1, depth=4)
     q, info = pare.compress(model, PruneConfig(method="blocks", target="params", amount=0.25), digits_split)
     assert len(info["dropped_blocks"]) >= 1 and info["params_removed"] >= 0.25
+
+
+def test_removing_heads_and_neurons_equals_zeroing_them(digits_split):
+    model = trained(digits_split, "transformer", epochs=1, depth=2, heads=4)
+    x = digits_split.test.X[:8]
+    for units, keep in ((attention_heads(model), [0, 2, 3]), (ffn_neurons(model), list(range(0, 128, 2)))):
+        layer = units[0]
+        zeroed, removed = copy.deepcopy(model), copy.deepcopy(model)
+        with torch.no_grad():
+            for u in set(range(layer.count(model))) - set(keep):
+                for m, dim, idx in layer.slices(zeroed, u):
+                    m.weight.narrow(dim, idx.start, idx.stop - idx.start).zero_()
+                    if dim == 0:
+                        m.bias[idx] = 0
+        layer.keep(removed, keep)
+        assert layer.count(removed) == len(keep)
+        with torch.no_grad():
+            assert torch.allclose(removed(x), zeroed(x), atol=1e-5)
+
+
+def test_prune_heads_and_ffn_shrink_export_and_resume(tmp_path, digits_split):
+    model = trained(digits_split, "transformer", epochs=2, depth=2, heads=4)
+    heads, info = pare.compress(model, PruneConfig(method="heads", amount=0.5, scope="global"), digits_split)
+    kept = [v["after"] for v in info["units"].values()]
+    assert sum(kept) == 4 and min(kept) >= 1  # half of 2 x 4 heads, at least one per layer
+    both, info2 = pare.compress(heads, PruneConfig(method="ffn", amount=0.5, round_to=8), digits_split)
+    assert all(b.mlp[0].out_features == 64 for b in both.blocks)
+    assert count_params(both)["params"] < 0.7 * count_params(model)["params"]
+    x = digits_split.test.X[:4]
+    assert both(x).shape == (4, 10)
+    export_onnx(both, x[:1], tmp_path / "p.onnx")
+    assert np.allclose(
+        onnx_predict(ort_session(tmp_path / "p.onnx"), x.numpy()), both(x).detach().numpy(), atol=1e-4
+    )
+    from pare.techniques.prune.apply import restore
+
+    save_weights(both, tmp_path / "w.safetensors")
+    rebuilt = restore(
+        restore(copy.deepcopy(model), PruneConfig(method="heads"), info), PruneConfig(method="ffn"), info2
+    )
+    rebuilt = pare.export.load_weights_file(rebuilt, tmp_path / "w.safetensors")
+    assert torch.equal(rebuilt(x), both(x))
+
+
+def test_heads_need_a_known_attention_layout(digits_split, resnet):
+    with pytest.raises(UnsupportedModelError, match="found no attention module of a layout pare knows"):
+        pare.compress(resnet, PruneConfig(method="heads"), digits_split)
 
 
 def test_unknown_ops_are_skipped_and_reported(digits_split):
@@ -261,6 +309,11 @@ def test_untraceable_model_is_explained(digits_split):
         ({"amount": 1.5}, "amount: 1.5 must be < 1"),
         ({"regularization": "l1"}, "reg_epochs: regularization 'l1' needs reg_epochs >= 1"),
         ({"method": "blocks"}, "method 'blocks' removes whole residual blocks; give target: macs or params"),
+        (
+            {"method": "heads", "target": "macs"},
+            "method 'heads' removes a share of the heads; use target: sparsity",
+        ),
+        ({"method": "ffn", "criterion": "entropy"}, "criterion: 'entropy' does not score ffn"),
     ],
 )
 def test_config_errors(stage, message):

@@ -128,3 +128,30 @@ def test_gptq_and_awq_beat_round_to_nearest_on_a_real_layer(minilm, tokenizer, b
     rtn = error(quantize_weight(w, spec).dequantized)
     assert error(gptq(w, stats.hessian, spec).dequantized) < 0.5 * rtn  # measured 0.22
     assert error(awq(w, stats, spec).dequantized) < 0.9 * rtn  # measured 0.63
+
+
+@pytest.mark.slow
+def test_minilm_heads_neurons_and_layers_are_removed_structurally(minilm, tokenizer):
+    import copy
+
+    from pare.techniques.prune.blocks import drop
+    from pare.techniques.prune.transformer import attention_heads, ffn_neurons, transformer_layers
+
+    x = torch.from_numpy(tokenize(retrieval_pairs(0)[1][:6], tokenizer, 48))
+    heads, ffn = attention_heads(minilm), ffn_neurons(minilm)
+    assert len(heads) == len(ffn) == 6 and heads[0].count(minilm) == 12 and ffn[0].count(minilm) == 1536
+    zeroed, removed = copy.deepcopy(minilm), copy.deepcopy(minilm)
+    with torch.no_grad():
+        for m, dim, idx in heads[1].slices(zeroed, 5):  # head 5 of layer 1 contributes nothing
+            m.weight.narrow(dim, idx.start, idx.stop - idx.start).zero_()
+            if dim == 0:
+                m.bias[idx] = 0
+    heads[1].keep(removed, [h for h in range(12) if h != 5])
+    ffn[2].keep(removed, list(range(768)))
+    with torch.no_grad():
+        ffn[2].keep(zeroed, list(range(768)))
+        assert torch.allclose(removed(x), zeroed(x), atol=1e-5)
+    assert removed.get_submodule(heads[1].output).in_features == 352
+    assert sorted(transformer_layers(minilm)) == [f"backbone.encoder.layer.{i}" for i in range(6)]
+    shallow = drop(copy.deepcopy(minilm), ["backbone.encoder.layer.1", "backbone.encoder.layer.4"])
+    assert len(shallow.backbone.encoder.layer) == 4 and shallow(x).shape == (6, 384)

@@ -17,6 +17,7 @@ from pare.progress import console
 from pare.recipes.schema import ModelConfig
 from pare.registry import register
 from pare.selection import listing
+from pare.tasks import get_task
 from pare.techniques.distill.config import DistillConfig, FeatureConfig, StudentConfig
 from pare.techniques.distill.hook import Adapter, Captures, DistillHook, TeacherBank, last_linear
 from pare.techniques.prune.config import PruneConfig
@@ -26,9 +27,13 @@ from pare.techniques.prune.structured import reshape
 def distill(model: nn.Module, config: DistillConfig, ctx):
     """Train a smaller student on the soft targets, features or embeddings of teachers."""
     split = ctx.split
+    if split.kind not in ("classification", "retrieval"):
+        raise UnsupportedModelError(
+            f"distill: {split.kind} tasks are not supported; classification and retrieval are"
+        )
     teachers, untrained = _teachers(model, config, ctx)
     student, student_info = _student(model, config.student, ctx)
-    example = split.train.X[:2]
+    example = get_task(split.kind).inputs(split.train.X[:2])
     _check_outputs(teachers, student, example)
     _check_layers(teachers[0], student, config)  # before any training: a typo costs nothing
     teacher_info = _train_teachers(teachers, untrained, config, ctx)
@@ -86,7 +91,8 @@ def _train(student, teachers, config, ctx, example, tag):
         # layer names were checked before training (later generations reuse the student's)
         embedding_t = (crd.teacher_layer, False) if crd.teacher_layer else (last_linear(first), True)
         embedding_s = (crd.student_layer, False) if crd.student_layer else (last_linear(student), True)
-    bank = TeacherBank(teachers, [f.teacher for f in features], embedding_t)
+    task = get_task(ctx.split.kind)
+    bank = TeacherBank(teachers, [f.teacher for f in features], embedding_t, task)
     # shapes of every matched output, from one probe batch, to size adapters and CRD heads
     probe_t = bank.compute(example)
     capture = Captures(student, [f.student for f in features], embedding_s)
@@ -109,8 +115,10 @@ def _train(student, teachers, config, ctx, example, tag):
         )
     extra = {}
     if config.cache_teacher:
-        extra["teacher_cache_bytes"] = bank.build_cache(ctx.split.train.X)
-    hook = DistillHook(bank, config, student, features, adapters, heads, embedding_s)
+        extra["teacher_cache_bytes"] = bank.build_cache(task.inputs(ctx.split.train.X))
+    hook = DistillHook(
+        bank, config, student, features, adapters, heads, embedding_s, embeddings=task.kind == "retrieval"
+    )
     params = [*student.parameters(), *adapters.parameters(), *(heads.parameters() if heads else [])]
     overrides = {k: v for k, v in (("epochs", config.epochs), ("lr", config.lr)) if v is not None}
     history = ctx.fit(student, hooks=[hook], params=params, label=tag, **overrides)
@@ -181,7 +189,9 @@ def _train_teachers(teachers, untrained, config: DistillConfig, ctx) -> list[dic
     return info
 
 
-def _student(teacher: nn.Module, spec: StudentConfig, ctx) -> tuple[nn.Module, dict]:
+def _student(teacher: nn.Module, spec: StudentConfig | None, ctx) -> tuple[nn.Module, dict]:
+    if spec is None:  # the stage's input model (e.g. layers dropped by an earlier prune stage)
+        return teacher, {"student": "the stage's input model"}
     if spec.shrink is None:
         torch.manual_seed(ctx.seed)
         cfg = ModelConfig(name=spec.name, factory=spec.factory, args=spec.args, weights=spec.weights)
@@ -216,6 +226,8 @@ def restore(model: nn.Module, config: DistillConfig, info: dict) -> nn.Module:
     if "student_shapes" in info:
         return reshape(copy.deepcopy(model), info["student_shapes"])
     spec = config.student
+    if spec is None:
+        return model
     cfg = ModelConfig(name=spec.name, factory=spec.factory, args=spec.args)
     return build_model(cfg, tuple(info["input_shape"]), info["num_classes"])
 

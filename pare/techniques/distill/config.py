@@ -101,9 +101,11 @@ class DistillConfig:
 
     def check(self) -> list[str]:
         problems = []
-        if self.student is None:
+        if self.student is None and not self.teachers:
             problems.append(
-                "student: distill needs a student, e.g. {name: cnn, args: {width: 8}} or {shrink: 0.25}"
+                "student: without a student the stage's input model is trained, so name its teachers "
+                "(e.g. teachers: [{stage: baseline}]); or give a student such as {name: cnn, args: {width: 8}} "
+                "or {shrink: 0.25}"
             )
         if self.weighting == "fixed":
             missing = [i for i, t in enumerate(self.teachers) if t.weight is None]

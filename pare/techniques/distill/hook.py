@@ -53,13 +53,16 @@ class TeacherBank:
     features, embeddings) is computed once over the training inputs and looked up by row, and
     the teacher models are released: training then needs no teacher in memory."""
 
-    def __init__(self, teachers: list[nn.Module], features: list[str], embedding: tuple[str, bool] | None):
+    def __init__(
+        self, teachers: list[nn.Module], features: list[str], embedding: tuple[str, bool] | None, task=None
+    ):
         # eval mode, no gradients (compute runs under no_grad); the models themselves are left
         # as they are: they may be earlier stages' outputs that later stages start from
         self.teachers = [t.eval() for t in teachers]
         self.features = features  # output names on the first teacher
         self.embedding = embedding  # (module name, take its input?) on the first teacher
         self.cache: dict[str, torch.Tensor] | None = None
+        self.task = task  # maps training rows to output rows (a retrieval row is two texts)
 
     @torch.no_grad()
     def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -85,7 +88,8 @@ class TeacherBank:
 
     def outputs(self, x: torch.Tensor, indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if self.cache is not None:
-            return {k: v[indices] for k, v in self.cache.items()}
+            rows = self.task.output_rows(indices) if self.task is not None else indices
+            return {k: v[rows] for k, v in self.cache.items()}
         return self.compute(x)
 
     @property
@@ -121,13 +125,22 @@ class Adapter(nn.Module):
 
 
 class DistillHook(Hook):
-    """Adds ``kd`` (alpha x soft-target loss), ``feat:<layer>`` and ``crd`` terms; the label
-    loss is weighted 1 - alpha."""
+    """Adds ``kd`` (alpha x soft-target loss, or 1 - cosine between embeddings), ``feat:<layer>``
+    and ``crd`` terms; the task's own loss is weighted 1 - alpha."""
 
     def __init__(
-        self, bank: TeacherBank, config, student: nn.Module, features, adapters, crd_heads, embedding
+        self,
+        bank: TeacherBank,
+        config,
+        student: nn.Module,
+        features,
+        adapters,
+        crd_heads,
+        embedding,
+        embeddings=False,
     ):
         self.bank, self.cfg, self.student = bank, config, student
+        self.embeddings = embeddings  # retrieval: the kd term is 1 - cosine to the teachers' mean embedding
         self.features, self.adapters = features, adapters  # [FeatureConfig], ModuleDict by index
         self.crd_heads = crd_heads  # ModuleDict(student=..., teacher=...) or None
         self.embedding = embedding  # (student module name, take its input?) for CRD
@@ -142,7 +155,10 @@ class DistillHook(Hook):
         cfg = self.cfg
         teacher = self.bank.outputs(state.inputs, state.indices)
         terms = {}
-        if cfg.alpha > 0:
+        if cfg.alpha > 0 and self.embeddings:  # the outputs are unit embeddings: match their directions
+            target = F.normalize(sum(teacher[f"logits{k}"] for k in range(self.bank.count)), dim=-1)
+            terms["kd"] = cfg.alpha * (1 - (state.outputs * target).sum(-1)).mean()
+        elif cfg.alpha > 0:
             logits = [teacher[f"logits{k}"] for k in range(self.bank.count)]
             weights = [t.weight for t in cfg.teachers] if cfg.weighting == "fixed" else None
             target = soft_targets(logits, cfg.temperature, cfg.weighting, weights, state.targets)

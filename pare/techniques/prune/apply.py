@@ -10,9 +10,11 @@ import torch
 import torch.nn as nn
 
 from pare.cost import count_flops, count_params
+from pare.errors import UnsupportedModelError
 from pare.registry import register
 from pare.selection import select_layers
-from pare.techniques.prune import criteria
+from pare.tasks import get_task
+from pare.techniques.prune import criteria, transformer
 from pare.techniques.prune.blocks import drop, residual_blocks
 from pare.techniques.prune.config import PruneConfig
 from pare.techniques.prune.dependency import trace
@@ -49,7 +51,7 @@ def _score_batches(ctx, config):
 def prune(model: nn.Module, config: PruneConfig, ctx):
     """Prune weights or whole channels with a chosen criterion and schedule."""
     torch.manual_seed(ctx.seed)  # the random criterion and any sampling: reproducible per run
-    example = ctx.split.train.X[:2]
+    example = get_task(ctx.split.kind).inputs(ctx.split.train.X[:2])
     selected = select_layers(
         model, include=config.layers, exclude=config.exclude, types=SUPPORTED, key="layers"
     )
@@ -74,6 +76,8 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
             skipped = _structured_step(
                 model, config, ctx, fraction, originals, set(selected), example, before
             )
+        elif config.method in ("heads", "ffn"):
+            info["units"] = _unit_step(model, config, ctx, fraction, originals, set(selected))
         elif config.method == "blocks":
             info["dropped_blocks"], info["block_scores"] = _drop_blocks(
                 model, config, ctx, fraction, example, before
@@ -124,11 +128,57 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
     if skipped:
         info["skipped_groups"] = [{"reason": r, "channels": n} for r, n in skipped.most_common()]
     info["layers"] = _layer_table(model, selected, masks)
-    if config.method == "structured":
+    if config.method in ("structured", "heads", "ffn"):
         info["shapes"] = shapes(model)
     if history is not None:
         info["history"] = history
     return model, info
+
+
+def _unit_step(model, config, ctx, fraction, originals, selected) -> dict[str, dict]:
+    """Remove ``fraction`` of the original attention heads (or FFN neurons): the same share in
+    every layer, or the lowest scores over all layers (``scope: global``); one always stays."""
+    find = transformer.attention_heads if config.method == "heads" else transformer.ffn_neurons
+    layers = [u for u in find(model) if u.output in selected]
+    if not layers:
+        what = "attention module" if config.method == "heads" else "feed-forward block"
+        raise UnsupportedModelError(
+            f"prune: method {config.method!r} found no {what} of a layout pare knows among the selected layers "
+            f"(zoo transformer/gpt, Hugging Face BERT-style); use method: structured for other models"
+        )
+    grads = None
+    if config.criterion == "taylor":
+        modules = {m for u in layers for m, _, _ in u.slices(model, 0)}
+        grads = criteria.gradients(model, list(modules), _score_batches(ctx, config), ctx.split.kind)
+    scores = {u.name: transformer.unit_scores(model, u, config.criterion, grads) for u in layers}
+    for u in layers:
+        originals.setdefault(("units", u.name), u.count(model))
+    keep: dict[str, list[int]] = {}
+    if config.scope == "layer":
+        for u in layers:
+            n = originals[("units", u.name)]
+            kept = max(1, _rounded(n - round(fraction * n), config.round_to, n))
+            keep[u.name] = scores[u.name].argsort(descending=True)[:kept].tolist()
+    else:
+        total = sum(originals[("units", u.name)] for u in layers)
+        remove = round(fraction * total) - (total - sum(len(s) for s in scores.values()))
+        ranked = sorted((float(s), u.name, i) for u in layers for i, s in enumerate(scores[u.name]))
+        dropped = {u.name: set() for u in layers}
+        for _, name, i in ranked:
+            if remove <= 0:
+                break
+            if len(scores[name]) - len(dropped[name]) > 1:  # the last unit of a layer stays
+                dropped[name].add(i)
+                remove -= 1
+        keep = {u.name: [i for i in range(len(scores[u.name])) if i not in dropped[u.name]] for u in layers}
+    for u in layers:
+        if len(keep[u.name]) < u.count(model):
+            u.keep(model, keep[u.name])
+    return {u.name: {"before": originals[("units", u.name)], "after": u.count(model)} for u in layers}
+
+
+def _rounded(count: int, multiple: int, limit: int) -> int:
+    return min(limit, -(-count // multiple) * multiple) if multiple > 1 else count
 
 
 @torch.no_grad()
@@ -182,7 +232,7 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> None:
 
 def _mask_step(model, config, ctx, fraction, selected) -> dict[str, torch.Tensor]:
     grads = (
-        criteria.gradients(model, list(selected.values()), _score_batches(ctx, config))
+        criteria.gradients(model, list(selected.values()), _score_batches(ctx, config), ctx.split.kind)
         if config.criterion == "taylor"
         else None
     )
@@ -283,7 +333,7 @@ def _group_scores(model, config, ctx, groups) -> dict[tuple, float]:
     per_module: dict[str, torch.Tensor] = {}
     if config.criterion in ("l1", "l2", "random", "taylor"):
         grads = (
-            criteria.gradients(model, list(modules.values()), _score_batches(ctx, config))
+            criteria.gradients(model, list(modules.values()), _score_batches(ctx, config), ctx.split.kind)
             if config.criterion == "taylor"
             else None
         )
@@ -361,7 +411,7 @@ def export(
 def restore(model: nn.Module, config: PruneConfig, info: dict) -> nn.Module:
     if config.method == "blocks":
         return drop(model, info["dropped_blocks"])
-    return reshape(model, info["shapes"]) if config.method == "structured" else model
+    return reshape(model, info["shapes"]) if config.method in ("structured", "heads", "ffn") else model
 
 
 register("prune", PruneConfig, export=export, restore=restore)(prune)

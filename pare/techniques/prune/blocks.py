@@ -67,11 +67,12 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
     for name, m in model.named_modules():
         if name and any(True for _ in m.children()):  # containers only: leaves are single layers
 
-            def record(mod, inp, out, name=name):
-                if isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                    shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
+            def record(mod, args, kwargs, out, name=name):
+                first = next(iter([*args, *kwargs.values()]), None)  # Hugging Face passes keywords
+                if isinstance(first, torch.Tensor) and isinstance(out, torch.Tensor):
+                    shapes[name] = (tuple(first.shape), tuple(out.shape))
 
-            hooks.append(m.register_forward_hook(record))
+            hooks.append(m.register_forward_hook(record, with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
@@ -80,12 +81,26 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    candidates = [n for n, (i, o) in shapes.items() if i == o and _is_residual(model.get_submodule(n))]
+    from pare.techniques.prune.transformer import transformer_layers
+
+    known = set(transformer_layers(model))  # residual by construction, even where fx cannot trace
+    candidates = [
+        n for n, (i, o) in shapes.items() if i == o and (n in known or _is_residual(model.get_submodule(n)))
+    ]
     # the smallest ones: a container of several blocks is offered block by block
     return [n for n in candidates if not any(c.startswith(n + ".") for c in candidates)]
 
 
 def drop(model: nn.Module, names: list[str]) -> nn.Module:
+    """Replace each block by the identity; a layer in a ModuleList (iterated with extra
+    arguments, as Hugging Face encoders do) is removed from the list instead."""
+    listed = []
     for name in names:
-        replace_module(model, name, nn.Identity())
+        parent, _, index = name.rpartition(".")
+        if isinstance(model.get_submodule(parent) if parent else model, nn.ModuleList):
+            listed.append((parent, int(index)))
+        else:
+            replace_module(model, name, nn.Identity())
+    for parent, index in sorted(listed, key=lambda p: -p[1]):  # from the end: indices stay valid
+        del model.get_submodule(parent)[index]
     return model

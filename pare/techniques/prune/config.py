@@ -12,7 +12,7 @@ from pare.config import param
 class PruneConfig:
     """Remove weights (unstructured, N:M) or whole channels (structured), once or in steps."""
 
-    method: Literal["structured", "unstructured", "n_m", "blocks"] = "structured"
+    method: Literal["structured", "unstructured", "n_m", "blocks", "heads", "ffn"] = "structured"
     criterion: Literal["l1", "l2", "taylor", "bn_scale", "entropy", "random"] = "l1"
     scope: Literal["layer", "global"] = "layer"
     target: Literal["sparsity", "macs", "params"] = "sparsity"
@@ -40,9 +40,21 @@ class PruneConfig:
             problems.append(
                 "target: method 'blocks' removes whole residual blocks; give target: macs or params"
             )
+        if self.method in ("heads", "ffn") and self.target != "sparsity":
+            problems.append(
+                f"target: method {self.method!r} removes a share of the {self.method}; use target: sparsity "
+                f"(amount = the share removed)"
+            )
+        if self.method in ("heads", "ffn") and self.criterion in ("bn_scale", "entropy"):
+            problems.append(
+                f"criterion: {self.criterion!r} does not score {self.method}; use l1, l2, taylor or random"
+            )
         if self.method == "blocks" and self.steps > 1:
             problems.append("steps: method 'blocks' drops blocks in one step; use steps: 1")
-        if self.method not in ("structured", "blocks") and self.criterion in ("bn_scale", "entropy"):
+        if self.method not in ("structured", "blocks", "heads", "ffn") and self.criterion in (
+            "bn_scale",
+            "entropy",
+        ):
             problems.append(f"criterion: {self.criterion!r} scores channels; use method: structured")
         if self.method in ("unstructured", "n_m") and self.target != "sparsity":
             problems.append(

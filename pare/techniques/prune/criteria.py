@@ -54,16 +54,18 @@ def activation_entropy(outputs: torch.Tensor, bins: int = 32) -> torch.Tensor:
     return torch.stack(scores)
 
 
-def gradients(model: nn.Module, modules: list[nn.Module], batches) -> dict:
-    """Summed dL/dw of each module's weight over a few training batches (for Taylor scores)."""
-    import torch.nn.functional as F
+def gradients(model: nn.Module, modules: list[nn.Module], batches, task: str = "classification") -> dict:
+    """Summed dL/dw of each module's weight over a few training batches (for Taylor scores),
+    with the task's own loss."""
+    from pare.tasks import get_task
 
+    t = get_task(task)
     grads = {m: torch.zeros_like(m.weight) for m in modules}
     was_training = model.training
     model.eval()  # BatchNorm statistics must not move while scoring
     for x, y in batches:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        t.loss(model(t.inputs(x)), y).backward()
         for m in modules:
             if m.weight.grad is not None:
                 grads[m] += m.weight.grad.detach()

@@ -14,11 +14,11 @@ import torch.nn as nn
 from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.progress import console
 from pare.registry import register
-from pare.selection import layer_options, replace_module, select_layers
+from pare.selection import layer_options, matches, replace_module, select_layers
 from pare.techniques.quantize import graph
 from pare.techniques.quantize.calibrated import awq, collect_input_stats, gptq
 from pare.techniques.quantize.config import QuantizeConfig
-from pare.techniques.quantize.export import export_dynamic, export_qdq
+from pare.techniques.quantize.export import embedding_int8, export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
 from pare.techniques.quantize.pack import save_packed
 from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
@@ -186,6 +186,8 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         "bits": config.weight_bits,
         "runtime": "onnxruntime" if config.runs_in_onnxruntime else "torch",
     }
+    embeds = config.mode == "dynamic" and config.embeddings
+    unsupported = [u for u in unsupported if not (embeds and u["type"] == "Embedding")]
     if unsupported:
         info["skipped_layers"] = unsupported
         listed = ", ".join(f"{u['layer']} ({u['type']})" for u in unsupported)
@@ -214,6 +216,8 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
             info["history"] = _qat(model, config, ctx)
     elif config.mode == "dynamic":
         model = wrap_layers(model, specs, dynamic_bits=8)
+        if config.embeddings:
+            info["embeddings"] = quantize_embeddings(model, config)
     else:  # static, or 8-bit QAT starting from the static ranges
         model = graph.prepare_static(
             model, specs, graph.observer_factory(config.range_method, config.percentile, config.momentum)
@@ -229,6 +233,18 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         }
     info["layers"] = _layer_table(model)
     return model, info
+
+
+@torch.no_grad()
+def quantize_embeddings(model: nn.Module, config: QuantizeConfig) -> list[str]:
+    """Round every embedding table (not excluded) to int8 with one scale per row, in place: the
+    model then computes what the exported int8 Gather computes."""
+    names = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding) and not any(matches(name, p) for p in config.exclude):
+            m.weight.copy_(embedding_int8(m.weight)[2])
+            names.append(name)
+    return names
 
 
 def _calibrate(model, specs, stats, config) -> dict[str, dict[str, float]]:
@@ -312,7 +328,8 @@ def export(
             for n, layer in quant_layers(model).items()
         }
         path = stage_dir / "model.int8-dynamic.onnx"
-        export_dynamic(merged, example, codes, path)
+        tables = [f"{n}.weight" for n in info.get("embeddings", [])]
+        export_dynamic(merged, example, codes, path, embeddings=tables)
         return {"artifact": path, "runtime": "onnxruntime"}
     if config.runs_in_onnxruntime:
         path = stage_dir / "model.int8.onnx"
@@ -338,7 +355,7 @@ def restore(model: nn.Module, config: QuantizeConfig, info: dict) -> nn.Module:
             _pin_placeholders(model, specs, config)
         return model
     if config.mode == "dynamic":
-        return wrap_layers(model, specs, dynamic_bits=8)
+        return wrap_layers(model, specs, dynamic_bits=8)  # embedding weights load as saved (rounded)
     gm = graph.prepare_static(model, specs, graph.observer_factory("minmax", 99.99, 0.9))
     for i, q in enumerate(graph.act_quants(gm)):
         q.scale, q.zero_point = info["activations"][f"act_quant_{i}"]

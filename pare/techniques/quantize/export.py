@@ -128,10 +128,19 @@ def export_qdq(sim: nn.Module, example: torch.Tensor, path: Path) -> int:
     return Path(path).stat().st_size
 
 
+def embedding_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric int8 rows: (codes, scale per row, dequantized). Idempotent: rounding the
+    dequantized table again gives the same codes and scales."""
+    scale = w.detach().abs().amax(1).clamp(min=1e-12) / 127
+    codes = torch.round(w.detach() / scale[:, None]).clamp(-127, 127)
+    return codes.to(torch.int8), scale, codes * scale[:, None]
+
+
 def export_dynamic(
-    float_model: nn.Module, example: torch.Tensor, weights: dict[str, dict], path: Path
+    float_model: nn.Module, example: torch.Tensor, weights: dict[str, dict], path: Path, embeddings=()
 ) -> int:
-    """``weights``: parameter name of each quantized weight -> {"codes" int8 (out, ...), "scale" (out,)}."""
+    """``weights``: parameter name of each quantized weight -> {"codes" int8 (out, ...), "scale" (out,)};
+    ``embeddings``: parameter names of tables (already rounded to int8 rows) whose Gather reads int8."""
     model = export_legacy(float_model, example)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -140,9 +149,27 @@ def export_dynamic(
     # a new name: find those by value.
     params = dict(float_model.named_parameters())
     transposed_of = {_fingerprint(params[k].detach().numpy().T): k for k in weights if params[k].dim() == 2}
+    tables = {_fingerprint(params[k].detach().numpy()): k for k in embeddings}
     nodes = []
     counter = 0
     for node in graph.node:
+        if node.op_type == "Gather" and node.input[0] in inits:
+            key = _param_key(node.input[0], dict.fromkeys(embeddings)) or tables.get(
+                _fingerprint(consts[node.input[0]])
+            )
+            if key is not None:  # int8 rows and their scales, gathered by the same ids
+                codes, scale, _ = embedding_int8(params[key])
+                p = f"pare_emb{counter}_"
+                counter += 1
+                graph.initializer.append(numpy_helper.from_array(codes.numpy(), p + "w"))
+                graph.initializer.append(
+                    numpy_helper.from_array(scale.numpy()[:, None].astype(np.float32), p + "s")
+                )
+                nodes.append(helper.make_node("Gather", [p + "w", node.input[1]], [p + "q"], axis=0))
+                nodes.append(helper.make_node("Gather", [p + "s", node.input[1]], [p + "qs"], axis=0))
+                nodes.append(helper.make_node("Cast", [p + "q"], [p + "qf"], to=onnx.TensorProto.FLOAT))
+                nodes.append(helper.make_node("Mul", [p + "qf", p + "qs"], [node.output[0]]))
+                continue
         w_name = node.input[1] if len(node.input) > 1 else None
         key = _param_key(w_name, weights)
         if key is None and node.op_type == "MatMul" and w_name in inits:

@@ -1,0 +1,141 @@
+"""Attention heads and feed-forward neurons of transformers, found by module layout.
+
+Removing a head changes how an attention module splits its projections, which a graph trace
+cannot see; so the layouts pare knows are listed here (one recogniser each, as Torch-Pruning
+does), and everything else is left alone:
+
+- pare's zoo ``SelfAttention`` (fused ``qkv`` and ``proj``; heads inferred from widths);
+- Hugging Face BERT-style attention (``self.query/key/value`` and ``output.dense``; recent
+  ``transformers`` infer the head count from the projection width);
+- feed-forward blocks: the zoo's ``mlp`` (Linear, activation, Linear) and BERT-style
+  ``intermediate.dense`` -> ``output.dense``.
+
+A head is its rows of the query, key and value projections and its columns of the output
+projection; a neuron is one row of the first FFN layer and one column of the second. At least
+one head and one neuron stay in every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from pare.selection import replace_module
+from pare.techniques.prune.structured import _sliced
+
+
+@dataclass
+class Units:
+    """Prunable units of one layer: ``inputs`` produce ``width`` rows per unit (``blocks``
+    stacked copies for a fused qkv), ``output`` consumes the same columns."""
+
+    name: str
+    inputs: list[str]
+    output: str
+    width: int  # rows per unit: the head size, or 1 for a neuron
+    blocks: int = 1  # 3 for a fused qkv projection
+
+    def count(self, model: nn.Module) -> int:
+        return model.get_submodule(self.output).in_features // self.width
+
+    def slices(self, model: nn.Module, unit: int) -> list[tuple[nn.Linear, int, slice]]:
+        """(layer, dim, index range) of every weight slice that belongs to ``unit``."""
+        out = []
+        inner = self.count(model) * self.width
+        for name in self.inputs:
+            for b in range(self.blocks):
+                start = b * inner + unit * self.width
+                out.append((model.get_submodule(name), 0, slice(start, start + self.width)))
+        out.append((model.get_submodule(self.output), 1, slice(unit * self.width, (unit + 1) * self.width)))
+        return out
+
+    @torch.no_grad()
+    def keep(self, model: nn.Module, units: list[int]) -> None:
+        inner = self.count(model) * self.width
+        cols = [u * self.width + i for u in sorted(units) for i in range(self.width)]
+        for name in self.inputs:
+            m = model.get_submodule(name)
+            rows = [b * inner + c for b in range(self.blocks) for c in cols]
+            replace_module(model, name, _sliced(m, rows, list(range(m.in_features))))
+        m = model.get_submodule(self.output)
+        replace_module(model, self.output, _sliced(m, list(range(m.out_features)), cols))
+
+
+def _linear(m: nn.Module, path: str) -> bool:
+    try:
+        return isinstance(m.get_submodule(path), nn.Linear)
+    except AttributeError:
+        return False
+
+
+def attention_heads(model: nn.Module) -> list[Units]:
+    from pare.models.zoo import SelfAttention
+
+    found = []
+    for name, m in model.named_modules():
+        p = f"{name}." if name else ""
+        if isinstance(m, SelfAttention):
+            found.append(Units(name, [p + "qkv"], p + "proj", m.head_dim, blocks=3))
+        elif all(_linear(m, f"self.{x}") for x in ("query", "key", "value")) and _linear(m, "output.dense"):
+            size = getattr(m.get_submodule("self"), "attention_head_size", None)
+            if size:
+                found.append(
+                    Units(
+                        name, [p + f"self.{x}" for x in ("query", "key", "value")], p + "output.dense", size
+                    )
+                )
+    return found
+
+
+def ffn_neurons(model: nn.Module) -> list[Units]:
+    from pare.models.zoo import EncoderBlock
+
+    found = []
+    for name, m in model.named_modules():
+        p = f"{name}." if name else ""
+        if isinstance(m, EncoderBlock):
+            found.append(Units(name, [p + "mlp.0"], p + "mlp.2", 1))
+        elif _linear(m, "intermediate.dense") and _linear(m, "output.dense") and hasattr(m, "attention"):
+            found.append(Units(name, [p + "intermediate.dense"], p + "output.dense", 1))
+    return found
+
+
+def unit_scores(model: nn.Module, layer: Units, criterion: str, grads: dict | None = None) -> torch.Tensor:
+    """One score per unit: the size of its weights (l1, l2), or |sum w dL/dw| (taylor)."""
+    scores = []
+    for u in range(layer.count(model)):
+        parts = []
+        for m, dim, idx in layer.slices(model, u):
+            w = m.weight.detach().narrow(dim, idx.start, idx.stop - idx.start)
+            if criterion == "l1":
+                parts.append(w.abs().sum())
+            elif criterion == "l2":
+                parts.append(w.pow(2).sum())
+            elif criterion == "taylor":
+                g = grads[m].narrow(dim, idx.start, idx.stop - idx.start)
+                parts.append((w * g).sum())
+            elif criterion == "random":
+                parts.append(torch.rand(()))
+            else:
+                raise ValueError(
+                    f"criterion {criterion!r} does not score heads or neurons; use l1, l2, taylor or random"
+                )
+        total = torch.stack(parts).sum()
+        scores.append(total.sqrt() if criterion == "l2" else total.abs())
+    return torch.stack(scores)
+
+
+def transformer_layers(model: nn.Module) -> list[str]:
+    """Whole transformer layers (an attention and a feed-forward part, inside a ModuleList or
+    Sequential of layers): residual by construction, so they can be dropped."""
+    heads = {u.name for u in attention_heads(model)}
+    ffns = {u.name for u in ffn_neurons(model)}
+    out = []
+    for name in (n for n, _ in model.named_modules() if n in ffns):  # in model order
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        in_stack = isinstance(model.get_submodule(parent), nn.ModuleList | nn.Sequential)
+        if in_stack and any(h.startswith(name + ".") for h in heads):
+            out.append(name)
+    return out
