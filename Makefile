@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quantization.py --out benchmarks/results/quantization.json
 	$(PY) benchmarks/pruning.py --out benchmarks/results/pruning.json
 	$(PY) benchmarks/distillation.py --out benchmarks/results/distillation.json
+	$(PY) benchmarks/transformers.py --out benchmarks/results/transformers.json
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -34,8 +34,9 @@ class Task:
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def hits(self, outputs: torch.Tensor, y: torch.Tensor) -> int:
-        """Correct predictions in a batch: the training history's accuracy."""
+    def hits(self, outputs: torch.Tensor, y: torch.Tensor) -> float:
+        """Correct predictions in a batch, summed over its rows (a language model's row counts
+        its share of correct tokens): the training history's accuracy is their mean."""
         raise NotImplementedError
 
     def outputs(self, run: Callable, part, batch_size: int = 256) -> np.ndarray:

@@ -61,7 +61,7 @@ class Retrieval(Task):
         return Evaluation(metrics, details, y, outputs)
 
     def agreement(self, outputs, reference, prefix=""):
-        return {f"{prefix}cosine": float((np.asarray(outputs) * np.asarray(reference)).sum(1).mean())}
+        return {f"{prefix}cosine": float(_cosines(outputs, reference).mean())}
 
     def paired(self, y, outputs, reference, *, n_boot=1000, confidence=0.95, seed=0):
         out = {}
@@ -74,7 +74,11 @@ class Retrieval(Task):
                 seed=seed,
             )
             out = {k.replace("_ci", "_delta_ci", 1): v for k, v in deltas.items()}
-        cosine = (np.asarray(outputs) * np.asarray(reference)).sum(1)  # both L2-normalised
+        cosine = _cosines(outputs, reference)
         out["embedding_cosine"] = float(cosine.mean())
         out["embedding_cosine_min"] = float(cosine.min())
         return out
+
+
+def _cosines(a, b) -> np.ndarray:
+    return (np.asarray(a) * np.asarray(b)).sum(1)  # rows are L2-normalised

@@ -78,6 +78,40 @@ def test_logit_distillation_trains_a_much_smaller_student(teacher, digits_split)
     assert info["teacher_cache_bytes"] == len(digits_split.train) * 10 * 4
 
 
+def test_without_a_student_the_input_model_learns_from_named_teachers(teacher, digits_split):
+    weak = trained(digits_split, "cnn", epochs=1, width=8, seed=3)
+    before = accuracy(weak, digits_split.test)
+    config = from_dict(DistillConfig, {"teachers": [{"stage": "baseline"}]})
+    student, info = pare.compress(weak, config, digits_split, baseline=teacher, train=FAST)
+    assert info["student"] == "the stage's input model" and info["params_ratio"] > 3
+    assert accuracy(student, digits_split.test) > before
+
+
+def test_embedding_distillation_term_is_one_minus_cosine():
+    from pare.techniques.distill.hook import DistillHook, TeacherBank
+
+    teacher_out = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), dim=1)
+    bank = TeacherBank([], [], None)
+    bank.cache = {"logits0": teacher_out}
+    hook = DistillHook(
+        bank,
+        from_dict(DistillConfig, {"teachers": [{"stage": "baseline"}], "alpha": 0.5}),
+        None,
+        [],
+        {},
+        None,
+        None,
+        embeddings=True,
+    )
+    student_out = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+
+    class State:
+        outputs, inputs, indices, targets = student_out, None, torch.tensor([0, 1]), None
+
+    # cosines 0 and 1/sqrt(2): alpha x mean(1 - cosine)
+    assert hook.loss_terms(State)["kd"].item() == pytest.approx(0.5 * (1 + (1 - 2**-0.5)) / 2, rel=1e-6)
+
+
 def test_cached_teacher_outputs_change_nothing_but_memory(teacher, digits_split):
     spec = {
         "student": {"name": "cnn", "args": {"width": 4}},

@@ -93,10 +93,22 @@ def test_lora_stage_runs_in_a_recipe_and_resumes(tmp_path):
         "model": {"name": "mlp", "args": {"width": 32}},
         "train": {"epochs": 2},
         "evaluate": {"bootstrap": 50, "latency_repeats": 5, "onnx": False},
-        "stages": [{"technique": "lora", "rank": 2, "epochs": 2, "merge": False}],
+        "stages": [
+            {"technique": "lora", "rank": 2, "epochs": 2, "merge": False},
+            {
+                "technique": "lora",
+                "name": "fresh",
+                "from": "pretrained",
+                "target": ["net.1", "net.4"],
+                "trainable": ["net.7"],
+                "epochs": 2,
+            },
+        ],
     }
     first = pare.run(recipe, tmp_path)
     info = first["stages"][1]["info"]
     assert 0 < info["trainable_share"] < 0.2
+    fresh = first["stages"][2]
+    assert fresh["from"] == "pretrained"  # from the untrained model, not the trained baseline
     again = pare.run(recipe, tmp_path, resume=True)
     assert again["stages"][1]["metrics"]["accuracy"] == first["stages"][1]["metrics"]["accuracy"]

@@ -273,3 +273,55 @@ def test_recipe_with_quantize_stages_resumes_from_saved_artifacts(tmp_path, fast
     again = pare.run(recipe, tmp_path, resume=True, report=False)
     assert [s["seconds"] for s in again["stages"][:3]] == [s["seconds"] for s in first["stages"]]
     assert again["stages"][3]["metrics"]["accuracy"] > 0.8
+
+
+class TokenClassifier(nn.Module):
+    """Token ids -> an embedding table, mean over tokens, two Linear layers."""
+
+    def __init__(self, vocab=50, dim=16, classes=3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, classes))
+
+    def forward(self, ids):
+        return self.net(self.embed(ids).mean(1))
+
+
+def test_dynamic_int8_stores_embedding_tables_as_int8_rows(tmp_path):
+    torch.manual_seed(0)
+    X = torch.randint(0, 50, (120, 6))
+    y = (X[:, 0] % 3).long()
+    part = pare.data.Part(X, y)
+    split = pare.data.Split(part, part, part, ["a", "b", "c"], (6,), "tokens")
+    model = TokenClassifier().eval()
+    config = QuantizeConfig(mode="dynamic")
+    q, info = pare.compress(model, config, split)
+    assert info["embeddings"] == ["embed"] and "skipped_layers" not in info
+    shipped = export(q, config, info, tmp_path, X[:1])
+    graph = onnx.load(str(shipped["artifact"])).graph
+    tables = [
+        i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and list(i.dims) == [50, 16]
+    ]
+    assert len(tables) == 1  # the table is stored as int8 rows
+    ort = onnx_predict(ort_session(shipped["artifact"]), X.numpy())
+    with torch.no_grad():
+        assert np.allclose(ort, q(X).numpy(), atol=0.05)  # ONNX Runtime computes what the simulation does
+    err = (q.embed.weight - model.embed.weight).abs().max() / model.embed.weight.abs().max()
+    assert 0 < err < 0.01
+
+
+def test_gptq_damps_a_singular_hessian_and_names_a_hopeless_one():
+    from pare.errors import PareError
+    from pare.techniques.quantize.calibrated import gptq
+    from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 16)
+    spec = WeightSpec(bits=4, granularity="per_group", group_size=8)
+    x = torch.randn(3, 16)  # 3 samples for 16 inputs: X^T X is singular
+    q = gptq(w, x.T @ x, spec)
+    assert torch.isfinite(q.dequantized).all() and q.codes.abs().max() <= 7
+    rtn = quantize_weight(w, spec).dequantized
+    assert (x @ (q.dequantized - w).T).pow(2).sum() < (x @ (rtn - w).T).pow(2).sum()
+    with pytest.raises(PareError, match="input Hessian of layer 'fc' is not positive definite"):
+        gptq(w, -torch.eye(16) * 100, spec, name="fc")

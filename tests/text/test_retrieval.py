@@ -155,3 +155,11 @@ def test_minilm_heads_neurons_and_layers_are_removed_structurally(minilm, tokeni
     assert sorted(transformer_layers(minilm)) == [f"backbone.encoder.layer.{i}" for i in range(6)]
     shallow = drop(copy.deepcopy(minilm), ["backbone.encoder.layer.1", "backbone.encoder.layer.4"])
     assert len(shallow.backbone.encoder.layer) == 4 and shallow(x).shape == (6, 384)
+
+
+def test_pydoc_topics_is_a_real_classification_set(tokenizer):
+    from pare.data.text import load_pydoc_topics
+
+    ds = load_pydoc_topics(tokenizer, max_length=32)
+    assert ds.num_classes == 20 and len(ds.y) == 909 and ds.X.shape == (909, 32)
+    assert "specialnames" in ds.classes and np.bincount(ds.y).min() >= 15

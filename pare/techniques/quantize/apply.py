@@ -15,8 +15,9 @@ from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.progress import console
 from pare.registry import register
 from pare.selection import layer_options, matches, replace_module, select_layers
+from pare.tasks import get_task
 from pare.techniques.quantize import graph
-from pare.techniques.quantize.calibrated import awq, collect_input_stats, gptq
+from pare.techniques.quantize.calibrated import awq, collect_input_stats, execution_order, gptq
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import embedding_int8, export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
@@ -73,7 +74,7 @@ def layer_specs(model: nn.Module, config: QuantizeConfig) -> tuple[dict[str, Wei
 
 def calibration_batches(ctx, config: QuantizeConfig, batch_size: int = 64):
     """Calibration samples: a seeded draw from the training split, never from test."""
-    X = ctx.split.train.X
+    X = get_task(ctx.split.kind).inputs(ctx.split.train.X)
     if len(X) < config.calibration_samples:
         warnings.warn(
             f"quantize: only {len(X)} training samples for calibration (calibration_samples="
@@ -203,15 +204,10 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         chosen = allocate_bits(model, specs, sens, config.mixed, ctx)
         specs = {n: dataclasses.replace(s, bits=chosen[n]) for n, s in specs.items()}
     if config.mode == "weight_only" or (config.mode == "qat" and config.weight_bits < 8):
-        stats = None
-        if config.method != "rtn":  # inputs of every layer, from the float model
-            layers = {n: model.get_submodule(n) for n in specs}  # Linear only: convolutions stay RTN
-            layers = {n: m for n, m in layers.items() if isinstance(m, nn.Linear)}
-            stats = collect_input_stats(model, layers, calibration_batches(ctx, config))
         model = wrap_layers(model, specs)
-        if stats is not None:
+        if config.method != "rtn":
             info["method"] = config.method
-            info["calibrated_error"] = _calibrate(model, specs, stats, config)
+            info["calibrated_error"] = _calibrate(model, specs, calibration_batches(ctx, config), config)
         if config.mode == "qat":
             info["history"] = _qat(model, config, ctx)
     elif config.mode == "dynamic":
@@ -247,12 +243,16 @@ def quantize_embeddings(model: nn.Module, config: QuantizeConfig) -> list[str]:
     return names
 
 
-def _calibrate(model, specs, stats, config) -> dict[str, dict[str, float]]:
-    """GPTQ or AWQ codes pinned in each layer; returns each layer's output error on the
-    calibration rows against RTN's (mean squared, relative to the float output's)."""
+def _calibrate(model, specs, batches, config) -> dict[str, dict[str, float]]:
+    """GPTQ or AWQ codes pinned in each Linear layer (convolutions keep RTN), in the order the
+    model runs them: each layer's calibration inputs come from the model with every earlier
+    layer already quantized, so it also corrects what they changed (sequential GPTQ). Returns
+    each layer's output error on those rows against RTN's (relative mean square)."""
+    layers = {n: model.get_submodule(n) for n in specs if isinstance(model.get_submodule(n).base, nn.Linear)}
     errors = {}
-    for name, st in stats.items():
-        layer, spec = model.get_submodule(name), specs[name]
+    for name in execution_order(model, layers, batches[0]):
+        layer, spec = layers[name], specs[name]
+        st = collect_input_stats(model, {name: layer}, batches)[name]
         w = layer.base.weight.detach()
         if config.method == "gptq":
             q = gptq(w, st.hessian, spec, damp=config.damp, act_order=config.act_order, name=name)

@@ -6,7 +6,7 @@ shared; AWQ adds one scale per input channel (``input_scale``) that the weight i
 
 - GPTQ (Frantar et al. 2022): quantize one input column at a time and spread its rounding
   error over the columns not yet quantized, weighted by the inverse Hessian H = X^T X of the
-  layer's inputs. Damping adds ``damp`` x mean(diag H) to the diagonal; when H is still not
+  layer's inputs (taken layer after layer from the model quantized so far: sequential). Damping adds ``damp`` x mean(diag H) to the diagonal; when H is still not
   positive definite the damping grows tenfold (three tries) before a clear error. With
   ``act_order`` columns go in order of decreasing diag(H); group scales are fixed from the
   original weights first ("static groups"), so the result packs like RTN.
@@ -51,15 +51,35 @@ class InputStats:
         return (self.abs_sum / max(self.rows, 1)).float()
 
 
+def _in_features(m: torch.nn.Module) -> int:
+    return m.in_features if hasattr(m, "in_features") else m.base.in_features  # a Linear or its QuantLayer
+
+
+def execution_order(model: torch.nn.Module, layers: dict[str, torch.nn.Module], batch) -> list[str]:
+    """The names of ``layers`` in the order one forward pass calls them."""
+    order: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: order.append(n)) for n, m in layers.items()]
+    _run(model, [batch], handles)
+    return list(dict.fromkeys(order))
+
+
 def collect_input_stats(
     model: torch.nn.Module, layers: dict[str, torch.nn.Module], batches
 ) -> dict[str, InputStats]:
     """Run ``batches`` through ``model`` and record the inputs of each named layer."""
-    stats = {n: InputStats(m.in_features) for n, m in layers.items()}
+    stats = {n: InputStats(_in_features(m)) for n, m in layers.items()}
     handles = [
         m.register_forward_pre_hook(lambda mod, args, s=stats[n]: s.update(args[0]))
         for n, m in layers.items()
     ]
+    _run(model, batches, handles)
+    return stats
+
+
+def _run(model: torch.nn.Module, batches, handles) -> None:
+    """Forward ``batches`` in eval mode without gradients, then remove the hooks."""
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             for batch in batches:
@@ -67,7 +87,7 @@ def collect_input_stats(
     finally:
         for h in handles:
             h.remove()
-    return stats
+        model.train(was_training)
 
 
 def _group_scales(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, int]:
