@@ -10,6 +10,7 @@ tensor in, one tensor out, like every other model pare measures, exports and tim
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -44,6 +45,7 @@ def resolve_hf(spec: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=4)  # a run builds the model once per stage and fold: read the files once
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
