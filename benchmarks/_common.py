@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+import pare
+from pare.config import from_dict
 from pare.cost.machine import machine_info
 from pare.io import atomic_write_json
+from pare.registry import techniques
 
 
 def parse_args(name: str) -> argparse.Namespace:
@@ -20,6 +23,19 @@ def parse_args(name: str) -> argparse.Namespace:
     )
     p.add_argument("--out", default=f"benchmarks/results/{name}.json", help="where to write the JSON")
     return p.parse_args()
+
+
+def stage(model, technique: str, config: dict, split, train=None, seed=0, baseline=None, out_dir=None):
+    """One technique from a recipe-style dict, applied to a copy of ``model`` (``pare.compress``)."""
+    config = from_dict(techniques()[technique].config_cls, config)
+    return pare.compress(model, config, split, baseline=baseline, train=train, seed=seed, out_dir=out_dir)
+
+
+def export(model, technique: str, config: dict, info: dict, stage_dir: Path, example) -> dict:
+    """What the stage ships (the technique's own export hook), written under ``stage_dir``."""
+    tech = techniques()[technique]
+    Path(stage_dir).mkdir(parents=True, exist_ok=True)
+    return tech.export(model, from_dict(tech.config_cls, config), info, Path(stage_dir), example)
 
 
 def row(

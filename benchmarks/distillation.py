@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _common as bench  # noqa: E402
 
 import pare  # noqa: E402
-from pare.config import from_dict  # noqa: E402
 from pare.cost import count_params  # noqa: E402
 from pare.evaluate import predict_proba  # noqa: E402
 from pare.export import save_weights  # noqa: E402
@@ -52,11 +51,6 @@ METHODS = {
 
 def accuracy(model, part) -> float:
     return float((predict_proba(model, part.X).argmax(1) == part.y.numpy()).mean())
-
-
-def stage(model, technique: str, config: dict, split, train, seed=0, baseline=None):
-    config = from_dict(techniques()[technique].config_cls, config)
-    return pare.compress(model, config, split, baseline=baseline, train=train, seed=seed)
 
 
 def main():
@@ -104,7 +98,7 @@ def main():
         t0 = time.perf_counter()
         runs[method] = []
         for seed in seeds:
-            student, info = stage(teacher, "distill", config, split, student_train, seed=seed)
+            student, info = bench.stage(teacher, "distill", config, split, student_train, seed=seed)
             runs[method].append(accuracy(student, split.test))
         print(
             f"  {method}: {np.mean(runs[method]):.4f} +- {np.std(runs[method], ddof=1):.4f} "
@@ -149,19 +143,13 @@ def main():
     for label, technique, key, values in sweeps:
         for v in values:
             config = {key: v, "finetune_epochs": 2} | ({"method": "hash"} if label == "share-hash" else {})
-            model, info = stage(teacher, technique, config, split, ft)
+            model, info = bench.stage(teacher, technique, config, split, ft)
             path = work / f"{label}-{v}"
-            path.mkdir()
-            exported = techniques()[technique].export
-            size = (
-                exported(model, from_dict(techniques()[technique].config_cls, config), info, path, None)[
-                    "artifact"
-                ]
-                .stat()
-                .st_size
-                if exported
-                else save_weights(model, path / "m.safetensors")
-            )
+            if techniques()[technique].export:
+                size = bench.export(model, technique, config, info, path, None)["artifact"].stat().st_size
+            else:
+                path.mkdir()
+                size = save_weights(model, path / "m.safetensors")
             curves[label].append(
                 {
                     "value": v,
@@ -180,21 +168,19 @@ def main():
 
     # 3. prune -> share -> quantize
     pipeline_ft = TrainConfig(epochs=4 if args.quick else 8, lr=1e-3, patience=None)
-    pruned, _ = stage(
+    pruned, _ = bench.stage(
         teacher,
         "prune",
         {"method": "unstructured", "scope": "global", "amount": 0.95, "steps": 3, "finetune_epochs": 3},
         split,
         pipeline_ft,
     )
-    shared, _ = stage(pruned, "share", {"clusters": 15, "finetune_epochs": 3}, split, pipeline_ft)
+    shared, _ = bench.stage(pruned, "share", {"clusters": 15, "finetune_epochs": 3}, split, pipeline_ft)
     q_config = {"mode": "weight_only", "scheme": "codebook", "bits": 4, "entropy_coding": True}
-    quantized, q_info = stage(shared, "quantize", q_config, split, pipeline_ft)
-    (work / "pipeline").mkdir()
-    tech = techniques()["quantize"]
-    artifact = tech.export(
-        quantized, from_dict(tech.config_cls, q_config), q_info, work / "pipeline", split.test.X[:1]
-    )["artifact"]
+    quantized, q_info = bench.stage(shared, "quantize", q_config, split, pipeline_ft)
+    artifact = bench.export(quantized, "quantize", q_config, q_info, work / "pipeline", split.test.X[:1])[
+        "artifact"
+    ]
     pipe = {
         "name": "prune-share-quantize",
         "model": "resnet16",

@@ -32,25 +32,19 @@ sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != HERE] + [
 import _common as bench  # noqa: E402
 
 import pare  # noqa: E402
-from pare.config import from_dict  # noqa: E402
 from pare.cost import count_params, time_calls  # noqa: E402
 from pare.data import Part  # noqa: E402
 from pare.export import export_onnx, onnx_runner, ort_session, save_weights  # noqa: E402
 from pare.recipes import load_recipe  # noqa: E402
 from pare.recipes.runner import recipe_model, recipe_splits  # noqa: E402
-from pare.registry import techniques  # noqa: E402
 from pare.seeding import seed_everything  # noqa: E402
 from pare.tasks import get_task  # noqa: E402
-from pare.techniques.quantize.apply import export as quantize_export  # noqa: E402
 
 WORK = Path(tempfile.mkdtemp(prefix="pare-bench-tf-"))
 
 
 def stage(model, technique, config, split, train=None, baseline=None, seed=0):
-    config = from_dict(techniques()[technique].config_cls, config)
-    return pare.compress(
-        model, config, split, train=train, baseline=baseline, seed=seed, out_dir=WORK / technique
-    )
+    return bench.stage(model, technique, config, split, train, seed, baseline, out_dir=WORK / technique)
 
 
 def onnx_bytes(path: Path) -> int:
@@ -123,10 +117,7 @@ def minilm(quick: bool, rows: list, targets: list) -> None:
     for name, cfg in variants:
         t0 = time.perf_counter()
         q, info = stage(model, "quantize", cfg, split)
-        (WORK / name).mkdir()
-        shipped = quantize_export(
-            q, from_dict(techniques()["quantize"].config_cls, cfg), info, WORK / name, batch[:1]
-        )
+        shipped = bench.export(q, "quantize", cfg, info, WORK / name, batch[:1])
         sess = ort_session(shipped["artifact"], spinning=False)
         added = add(
             name,
@@ -164,9 +155,7 @@ def minilm(quick: bool, rows: list, targets: list) -> None:
         "calibration_samples": 64,
     }
     g, ginfo = stage(model, "quantize", gptq_cfg, split)
-    packed = quantize_export(
-        g, from_dict(techniques()["quantize"].config_cls, gptq_cfg), ginfo, WORK, batch[:1]
-    )
+    packed = bench.export(g, "quantize", gptq_cfg, ginfo, WORK, batch[:1])
     add(
         "int4-gptq (weight-only)",
         "pare",
@@ -293,9 +282,7 @@ def gpt(quick: bool, rows: list, targets: list) -> None:
                 "method": method,
             }
             q, info = stage(model, "quantize", cfg, split)
-            shipped = quantize_export(
-                q, from_dict(techniques()["quantize"].config_cls, cfg), info, WORK, split.test.X[:1]
-            )
+            shipped = bench.export(q, "quantize", cfg, info, WORK, split.test.X[:1])
             value = ppl(q)
             increase[(bits, method)] = value - base
             size = onnx_bytes(shipped["artifact"])

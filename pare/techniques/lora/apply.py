@@ -54,13 +54,14 @@ def lora(model: nn.Module, config: LoRAConfig, ctx):
     trained = sum(p.numel() for p in params)
     history = ctx.fit(model, params=params, epochs=config.epochs, lr=config.lr) if config.epochs else None
     adapters = ctx.out_dir / "adapters.safetensors"
-    save_tensors(adapter_state(model), adapters, "pare_lora", {"rank": config.rank, "alpha": config.alpha})
+    state = adapter_state(model)
+    save_tensors(state, adapters, "pare_lora", {"rank": config.rank, "alpha": config.alpha})
     info = {
         "layers": list(layers),
         "rank": config.rank,
         "trainable_params": trained,
         "trainable_share": trained / total,
-        "adapter_params": sum(v.numel() for v in adapter_state(model).values()),
+        "adapter_params": sum(v.numel() for v in state.values()),
         "adapter_bytes": adapters.stat().st_size,
         "base_bits": config.base_bits,
         "history": history,
