@@ -90,6 +90,57 @@ def _cmd_techniques(args) -> None:
         print(f"{name:12s} {t.description.splitlines()[0] if t.description else ''}")
 
 
+def _cmd_estimate_memory(args) -> None:
+    from rich.table import Table
+
+    from pare.cost.estimate import TrainSetup, estimate_training_memory, measure_training_memory
+    from pare.cost.workloads import hf_workload, recipe_workload
+    from pare.progress import console
+    from pare.reporting.format import fmt_bytes
+
+    if args.hf:
+        workload = hf_workload(args.hf, seq_len=args.seq_len or 128)
+    else:
+        from pare.recipes import load_recipe
+
+        workload = recipe_workload(load_recipe(args.recipe), seq_len=args.seq_len)
+    setup = TrainSetup(
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        precision=args.precision,
+        checkpointing=args.checkpointing,
+        lora_rank=args.lora_rank,
+    )
+    est = estimate_training_memory(workload, setup, kv_cache=args.kv_cache)
+    measured = measure_training_memory(workload, setup) if args.measure else None
+    table = Table(
+        title=f"training memory: {workload.name}, batch {args.batch_size}, {args.optimizer}, {args.precision}"
+    )
+    table.add_column("component")
+    table.add_column("estimate", justify="right")
+    if measured:
+        table.add_column("measured (tensors)", justify="right")
+    rows = [
+        ("weights (and buffers)", "weights"),
+        ("gradients", "gradients"),
+        ("optimizer states", "optimizer_states"),
+        ("activations saved for backward", "activations"),
+        ("workspace (temporaries, overlap)", "workspace"),
+        ("batch", "inputs"),
+        ("peak of a training step", "total"),
+    ]
+    for label, key in rows:
+        cells = [fmt_bytes(est.get(key))] + ([fmt_bytes(measured.get(key))] if measured else [])
+        table.add_row(label, *cells, style="bold" if key == "total" else None)
+    if args.kv_cache:
+        table.add_row("K/V cache (inference, same batch)", fmt_bytes(est["kv_cache_inference"]))
+    console.print(table)
+    console.print(
+        f"{est['params']:,} parameters, {est['trainable_params']:,} trained"
+        + (f"; process resident memory grew {fmt_bytes(measured['rss_peak_increase'])}" if measured else "")
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pare", description="Compress neural networks and measure what it cost and bought."
@@ -118,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out")
     f.add_argument("--steps", type=int, default=100)
     f.set_defaults(func=_cmd_lr_find)
+
+    m = sub.add_parser(
+        "estimate-memory", help="memory a training step needs: weights, gradients, optimizer, activations"
+    )
+    m.add_argument("recipe", nargs="?", default="default", help="recipe whose model and data shape to use")
+    m.add_argument("--hf", help="a Hugging Face model folder, package or config.json instead of a recipe")
+    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--seq-len", type=int, help="tokens per sequence (text models)")
+    m.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw")
+    m.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast")
+    m.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
+    m.add_argument("--lora-rank", type=int, help="LoRA adapters of this rank on every Linear")
+    m.add_argument("--kv-cache", action="store_true", help="also the K/V cache of inference (causal models)")
+    m.add_argument("--measure", action="store_true", help="also run the step for real on CPU and measure")
+    m.set_defaults(func=_cmd_estimate_memory)
 
     rep = sub.add_parser("report", help="rebuild report.md/report.html from a run folder")
     rep.add_argument("dir")

@@ -3,7 +3,8 @@
 CPU allocators keep no peak counter (``torch.cuda.max_memory_allocated`` is CUDA-only), so a
 dispatch mode records each new storage's bytes and a finalizer subtracts them when it is freed.
 This counts tensor memory exactly and deterministically; allocator slack and Python objects are
-not included.
+not included. Under ``FakeTensorMode`` the same count simulates a computation without running
+it (see ``pare.cost.estimate``).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ class TensorMemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            if not isinstance(t, torch.Tensor):
                 continue
             storage = t.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
+            # the storage's own address: unique while it lives, also for fake tensors (no data)
+            key, nbytes = storage._cdata, storage.nbytes()
             if nbytes == 0 or key in self._keys:  # views share their base's storage
                 continue
             self._keys.add(key)
@@ -47,8 +49,8 @@ def state_bytes(model: torch.nn.Module) -> int:
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
         st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
+        if st._cdata not in seen:
+            seen.add(st._cdata)
             total += st.nbytes()
     return total
 
