@@ -141,6 +141,47 @@ def _cmd_estimate_memory(args) -> None:
     )
 
 
+def _search_args(p, default_trials: int) -> None:
+    p.add_argument("recipe", nargs="?", default="default", help="YAML file or built-in name")
+    p.add_argument("--out", help="output folder (default: runs/<recipe name>-<command>)")
+    p.add_argument("--trials", type=int, default=default_trials, help="trials this worker runs")
+    p.add_argument("--storage", help="Optuna storage URL shared by workers (default: SQLite file in --out)")
+    p.add_argument("--study", help="study name; workers with the same name and storage share it")
+    p.add_argument("--sampler", choices=["auto", "tpe", "random", "nsga2"], default="auto")
+    p.add_argument("--max-drop", type=float, help="validation metric points the result may lose")
+    p.add_argument("--max-size", help="largest artifact, e.g. 100KB, 1.5MB")
+    p.add_argument("--max-latency-ms", type=float, help="slowest batch-1 p50 latency")
+    p.add_argument("--no-final", action="store_true", help="skip the final pare run of the best recipe")
+
+
+def _cmd_search(args, kind: str) -> None:
+    from pare.recipes import load_recipe
+    from pare.search.driver import Limits, auto, nas, parse_size
+
+    recipe = load_recipe(args.recipe)
+    out = Path(args.out or Path("runs") / f"{recipe.name}-{kind}")
+    limits = Limits(args.max_drop, parse_size(args.max_size), args.max_latency_ms)
+    common = dict(
+        limits=limits,
+        trials=args.trials,
+        storage=args.storage,
+        study_name=args.study,
+        sampler=args.sampler,
+        final=not args.no_final,
+    )
+    if kind == "auto":
+        techniques = args.techniques.split(",") if args.techniques else None
+        summary = auto(recipe, out, allowed=techniques, **common)
+    else:
+        summary = nas(recipe, out, objectives=tuple(args.objectives.split(",")), **common)
+    print(
+        f"study: {summary['study']}, {len(summary['trials'])} trials; Pareto front: trials {summary['front']}"
+    )
+    print(
+        f"best recipe: {out / 'best.yaml'}   plot: {out / 'pareto.png'}   all trials: {out / 'search.json'}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pare", description="Compress neural networks and measure what it cost and bought."
@@ -184,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--kv-cache", action="store_true", help="also the K/V cache of inference (causal models)")
     m.add_argument("--measure", action="store_true", help="also run the step for real on CPU and measure")
     m.set_defaults(func=_cmd_estimate_memory)
+
+    s = sub.add_parser("search", help="architecture search over a zoo model's width/depth/kernel/heads")
+    _search_args(s, 20)
+    s.add_argument(
+        "--objectives",
+        default="quality,latency_ms",
+        help="comma-separated: quality and any of latency_ms, size_bytes, flops (default: %(default)s)",
+    )
+    s.set_defaults(func=lambda a: _cmd_search(a, "search"))
+
+    a = sub.add_parser("auto", help="search compression recipes over the registered techniques under limits")
+    _search_args(a, 20)
+    a.add_argument("--techniques", help="comma-separated subset of the registered techniques")
+    a.set_defaults(func=lambda a: _cmd_search(a, "auto"))
 
     rep = sub.add_parser("report", help="rebuild report.md/report.html from a run folder")
     rep.add_argument("dir")

@@ -24,17 +24,20 @@ class Technique:
     restore: Callable[[nn.Module, Any, dict], nn.Module] | None = None
     export: Callable[..., dict] | None = None
     description: str = ""
+    search: dict | bool | None = None  # auto-compression: the space to sample (see pare.search.space)
 
 
 _REGISTRY: dict[str, Technique] = {}
 
 
-def register(name: str, config_cls: type, *, restore=None, export=None, description: str = ""):
-    """Decorator for a technique's ``apply`` function."""
+def register(name: str, config_cls: type, *, restore=None, export=None, description: str = "", search=None):
+    """Decorator for a technique's ``apply`` function. ``search`` narrows what ``pare auto``
+    samples (``{"key": [choices] or (low, high), "order": n}``); ``False`` leaves the technique
+    out; by default the space is read from the config's typed fields."""
 
     def decorate(apply):
         doc = description or (apply.__doc__ or "").strip()
-        _REGISTRY[name] = Technique(name, config_cls, apply, restore, export, doc)
+        _REGISTRY[name] = Technique(name, config_cls, apply, restore, export, doc, search)
         return apply
 
     return decorate

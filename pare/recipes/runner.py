@@ -149,6 +149,43 @@ def _seeded_model(recipe: Recipe, split: Split, fold: int) -> torch.nn.Module:
     return recipe_model(recipe, split)
 
 
+def train_baseline(recipe: Recipe, split: Split, fold: int = 0, label: str = "train baseline", hooks=()):
+    """The recipe's model, seeded and trained as the baseline stage trains it: ``(model, history)``."""
+    model = _seeded_model(recipe, split, fold)
+    history = None
+    if recipe.train.epochs > 0:
+        history = fit(
+            model,
+            split.train,
+            split.val,
+            recipe.train,
+            seed=recipe.seed + fold,
+            description=label,
+            task=split.kind,
+            hooks=hooks,
+        )
+    return model, history
+
+
+def apply_stage(
+    recipe: Recipe, stage, model, split: Split, earlier: dict, stage_dir: Path, label: str, fold=0
+):
+    """One technique on a copy of ``model`` (the input stays as it was): ``(model, info, history)``.
+    ``earlier`` maps stage names (``baseline`` first) to their models, for teachers."""
+    ctx = StageContext(
+        split=split,
+        baseline=earlier["baseline"],
+        train_config=recipe.train,
+        seed=recipe.seed + fold,
+        out_dir=stage_dir,
+        name=label,
+        stages=earlier,
+    )
+    new, info = techniques()[stage.technique].apply(copy.deepcopy(model), stage.config, ctx)
+    info = dict(info or {})
+    return new, info, info.pop("history", None)
+
+
 def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline_record, source_name=None):
     if stage_dir.exists():  # a stale or interrupted attempt of this stage
         shutil.rmtree(stage_dir)
@@ -159,33 +196,14 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline
     for fold, split in enumerate(splits):
         tag = f" (fold {fold + 1}/{len(splits)})" if len(splits) > 1 else ""
         if stage is None:
-            model = _seeded_model(recipe, split, fold)
-            history = None
-            if recipe.train.epochs > 0:
-                history = fit(
-                    model,
-                    split.train,
-                    split.val,
-                    recipe.train,
-                    seed=recipe.seed + fold,
-                    description=f"train baseline{tag}",
-                    task=split.kind,
-                )
+            model, history = train_baseline(recipe, split, fold, label=f"train baseline{tag}")
             info = {}
             extras.append(_diagnose(model, split, recipe) if split.kind == "classification" else None)
         else:
-            ctx = StageContext(
-                split=split,
-                baseline=earlier["baseline"][fold],
-                train_config=recipe.train,
-                seed=recipe.seed + fold,
-                out_dir=stage_dir,
-                name=f"{name}{tag}",
-                stages={n: ms[fold] for n, ms in earlier.items()},
+            earlier_fold = {n: ms[fold] for n, ms in earlier.items()}
+            model, info, history = apply_stage(
+                recipe, stage, models[fold], split, earlier_fold, stage_dir, f"{name}{tag}", fold
             )
-            model, info = technique.apply(copy.deepcopy(models[fold]), stage.config, ctx)
-            info = dict(info or {})
-            history = info.pop("history", None)
         model.eval()
         weights = stage_dir / _weights_name(fold, len(splits))
         save_weights(model, weights, metadata={"pare_version": pare.__version__, "stage": name})

@@ -78,11 +78,20 @@ def confusion_plot(matrix: list[list[int]], classes: list[str], title: str, path
     return _save(fig, path)
 
 
-def pareto_plot(points: list[tuple[str, float, float]], metric: str, path: Path) -> Path:
-    """Quality against artifact size, one point per stage; the Pareto-optimal ones joined."""
+def pareto_plot(
+    points: list[tuple[str, float, float]],
+    metric: str,
+    path: Path,
+    xlabel: str = "artifact size (bytes, log)",
+    excluded: list[tuple[float, float]] = (),
+) -> Path:
+    """Quality against artifact size (or latency), one point per stage or trial; the
+    Pareto-optimal ones joined; ``excluded`` points (outside a search's limits) in grey."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    if excluded:
+        ax.scatter(*zip(*excluded), color="lightgrey", zorder=1, label="outside the limits")
     for i, (name, size, value) in enumerate(points):
-        ax.scatter(size, value, color=f"C{i}", zorder=3)
+        ax.scatter(size, value, color=f"C{i % 10}", zorder=3)
         ax.annotate(name, (size, value), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front, best = [], -np.inf
     for _name, size, value in sorted(points, key=lambda p: (p[1], -p[2])):
@@ -91,8 +100,9 @@ def pareto_plot(points: list[tuple[str, float, float]], metric: str, path: Path)
             best = value
     if len(front) > 1:
         ax.plot(*zip(*front), "-", color="grey", alpha=0.6, zorder=2, label="Pareto front")
+    if len(front) > 1 or excluded:
         ax.legend(fontsize=8)
-    ax.set(xscale="log", xlabel="artifact size (bytes, log)", ylabel=metric, title=f"{metric} vs size")
+    ax.set(xscale="log", xlabel=xlabel, ylabel=metric, title=f"{metric} vs {xlabel.split(' (')[0]}")
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
 

@@ -232,4 +232,6 @@ def restore(model: nn.Module, config: DistillConfig, info: dict) -> nn.Module:
     return build_model(cfg, tuple(info["input_shape"]), info["num_classes"])
 
 
-register("distill", DistillConfig, restore=restore)(distill)
+register("distill", DistillConfig, restore=restore, search={"student.shrink": (0.25, 0.75), "order": 0})(
+    distill
+)

@@ -84,4 +84,5 @@ def restore(model: nn.Module, config: LoRAConfig, info: dict) -> nn.Module:
     return model
 
 
-register("lora", LoRAConfig, restore=restore)(lora)
+# adapters fine-tune; merged, they leave the model as large as before: nothing for auto to search
+register("lora", LoRAConfig, restore=restore, search=False)(lora)

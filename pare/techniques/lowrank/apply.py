@@ -142,4 +142,9 @@ def restore(model: nn.Module, config: LowRankConfig, info: dict) -> nn.Module:
     return model
 
 
-register("lowrank", LowRankConfig, restore=restore)(lowrank)
+register(
+    "lowrank",
+    LowRankConfig,
+    restore=restore,
+    search={"energy": (0.5, 0.99), "finetune_epochs": [0, 3], "order": 20},
+)(lowrank)

@@ -414,4 +414,15 @@ def restore(model: nn.Module, config: PruneConfig, info: dict) -> nn.Module:
     return reshape(model, info["shapes"]) if config.method in ("structured", "heads", "ffn") else model
 
 
-register("prune", PruneConfig, export=export, restore=restore)(prune)
+register(
+    "prune",
+    PruneConfig,
+    export=export,
+    restore=restore,
+    search={
+        "method": ["structured", "unstructured"],
+        "amount": (0.2, 0.8),
+        "finetune_epochs": [0, 3],
+        "order": 10,
+    },
+)(prune)

@@ -363,4 +363,10 @@ def restore(model: nn.Module, config: QuantizeConfig, info: dict) -> nn.Module:
     return gm
 
 
-register("quantize", QuantizeConfig, export=export, restore=restore)(quantize)
+register(
+    "quantize",
+    QuantizeConfig,
+    export=export,
+    restore=restore,
+    search={"mode": ["static", "dynamic", "weight_only"], "bits": [4, 8], "order": 90},
+)(quantize)

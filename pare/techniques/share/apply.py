@@ -79,4 +79,6 @@ def export(model: nn.Module, config: ShareConfig, info: dict, stage_dir: Path, e
     return {"artifact": path, "runtime": "torch"}
 
 
-register("share", ShareConfig, export=export)(share)
+register(
+    "share", ShareConfig, export=export, search={"clusters": (4, 64), "finetune_epochs": [0, 2], "order": 80}
+)(share)
