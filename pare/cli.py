@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pare.training.distributed import init_from_env
+
+    init_from_env()  # under torchrun: join the process group
     try:
         args.func(args)
     except PareError as e:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from pare.registry import techniques
 from pare.seeding import seed_everything
 from pare.tasks import get_task
 from pare.training import fit, loss_and_accuracy
+from pare.training.distributed import world
 
 RESULTS = "results.json"
 
@@ -57,6 +59,8 @@ def run(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out or Path("runs") / recipe.name)
+    if world()[0] > 0:  # under torchrun every process trains; rank 0 alone keeps the results
+        out, report = Path(tempfile.mkdtemp(prefix=f"pare-rank{world()[0]}-")), False
     previous = _previous_stages(out, recipe, resume=resume, overwrite=overwrite)
     splits = recipe_splits(recipe)
     first = splits[0]

@@ -15,6 +15,7 @@ from pare.errors import PareError
 from pare.progress import console, progress_bar
 from pare.seeding import seed_everything
 from pare.tasks import get_task
+from pare.training import distributed
 from pare.training.hooks import Hook, TrainState
 
 
@@ -112,6 +113,7 @@ def fit(
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     state = TrainState(model=model, optimizer=optimizer, config=cfg)
+    forward = distributed.wrap(model)  # under torchrun: gradients averaged over the processes
     history = History()
     best_loss, best_state, bad_epochs = float("inf"), None, 0
     start = time.perf_counter()
@@ -124,7 +126,8 @@ def fit(
             model.train()
             sums = {"loss": 0.0, "correct": 0, "n": 0}
             term_sums: dict[str, float] = {}
-            for idx in batch_indices(len(train), cfg.batch_size, generator):
+            for full in batch_indices(len(train), cfg.batch_size, generator):
+                idx = distributed.shard(full)
                 x, y = t.inputs(train.X[idx]), train.y[idx]
                 state.inputs, state.targets, state.indices = x, y, idx
                 for h in hooks:
@@ -132,7 +135,7 @@ def fit(
                 with contextlib.ExitStack() as stack:
                     for h in hooks:
                         stack.enter_context(h.forward_context(state))
-                    state.outputs = model(state.inputs)
+                    state.outputs = forward(state.inputs)
                 task_loss = t.loss(state.outputs, state.targets)
                 loss = state.task_weight * task_loss
                 for h in hooks:
@@ -145,7 +148,9 @@ def fit(
                         f"lower train.lr (now {cfg.lr}) or check the data for extreme values"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages the processes' gradients; weighting each by its share of the batch
+                # makes that the whole batch's mean even when the shares differ (last batch)
+                (loss * (distributed.world()[1] * len(idx) / len(full))).backward()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
