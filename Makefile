@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/pruning.py --out benchmarks/results/pruning.json
 	$(PY) benchmarks/distillation.py --out benchmarks/results/distillation.json
 	$(PY) benchmarks/transformers.py --out benchmarks/results/transformers.json
+	$(PY) benchmarks/memory.py --out benchmarks/results/memory.json
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
