@@ -141,10 +141,10 @@ def _cmd_estimate_memory(args) -> None:
     )
 
 
-def _search_args(p, default_trials: int) -> None:
+def _search_args(p) -> None:
     p.add_argument("recipe", nargs="?", default="default", help="YAML file or built-in name")
     p.add_argument("--out", help="output folder (default: runs/<recipe name>-<command>)")
-    p.add_argument("--trials", type=int, default=default_trials, help="trials this worker runs")
+    p.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     p.add_argument("--storage", help="Optuna storage URL shared by workers (default: SQLite file in --out)")
     p.add_argument("--study", help="study name; workers with the same name and storage share it")
     p.add_argument("--sampler", choices=["auto", "tpe", "random", "nsga2"], default="auto")
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_estimate_memory)
 
     s = sub.add_parser("search", help="architecture search over a zoo model's width/depth/kernel/heads")
-    _search_args(s, 20)
+    _search_args(s)
     s.add_argument(
         "--objectives",
         default="quality,latency_ms",
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=lambda a: _cmd_search(a, "search"))
 
     a = sub.add_parser("auto", help="search compression recipes over the registered techniques under limits")
-    _search_args(a, 20)
+    _search_args(a)
     a.add_argument("--techniques", help="comma-separated subset of the registered techniques")
     a.set_defaults(func=lambda a: _cmd_search(a, "auto"))
 

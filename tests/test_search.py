@@ -162,7 +162,8 @@ def test_a_killed_worker_fails_its_trial_and_the_study_goes_on(tmp_path):
     assert running
     time.sleep(4)  # past the grace period
     survivor = _worker(tmp_path, url, "killed", 1, fast)
-    assert survivor.communicate(timeout=300)[0] is not None and survivor.returncode == 0
+    survivor.communicate(timeout=300)
+    assert survivor.returncode == 0
     trials = {t.number: t.state for t in storage_trials(url, "killed")}
     assert all(trials[n] == optuna.trial.TrialState.FAIL for n in running)
     assert optuna.trial.TrialState.COMPLETE in trials.values()

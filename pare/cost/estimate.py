@@ -13,6 +13,7 @@ step on real CPU tensors so the two can be compared (docs/memory.md).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 from collections.abc import Callable
@@ -139,14 +140,12 @@ def _train_steps(workload: Workload, setup: TrainSetup, device: str = "cpu") -> 
     autocast = torch.autocast(
         x.device.type, dtype=_DTYPES.get(setup.precision), enabled=setup.precision != "fp32"
     )
-    activations = 0
+    saved = _SavedActivations({p.untyped_storage()._cdata for p in model.parameters()})
     with TensorMemoryTracker() as tracker:
         for step in range(setup.steps):
-            saved = _SavedActivations({p.untyped_storage()._cdata for p in model.parameters()})
             hooks = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t)
-            with autocast, hooks if step == 0 else contextlib.nullcontext():
+            with autocast, hooks if step == 0 else contextlib.nullcontext():  # every step saves alike
                 loss = workload.loss(model(x), y)
-            activations = max(activations, saved.bytes)
             saved.kept.clear()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,7 +163,7 @@ def _train_steps(workload: Workload, setup: TrainSetup, device: str = "cpu") -> 
         "inputs": inputs,
         "gradients": grads,
         "optimizer_states": states,
-        "activations": activations,
+        "activations": saved.bytes,
         "peak_step": tracker.peak,
         "total": weights + inputs + tracker.peak,
         "trainable_params": sum(p.numel() for p in params),
@@ -200,7 +199,7 @@ def measure_training_memory(workload: Workload, setup: TrainSetup, device: str =
     if device == "cuda":
         return _measure_cuda(workload, setup)
     # one small step first: kernels, thread pools and allocator arenas are set up outside the count
-    _train_steps(workload, TrainSetup(**{**setup.__dict__, "batch_size": 1, "steps": 1}))
+    _train_steps(workload, dataclasses.replace(setup, batch_size=1, steps=1))
     gc.collect()
     rss_before = _reset_peak_rss()
     out = _train_steps(workload, setup)

@@ -190,12 +190,30 @@ def apply_stage(
     return new, info, info.pop("history", None)
 
 
+def save_stage_weights(model, path: Path, name: str) -> int:
+    """A stage's weights as ``pare run`` writes them (the metadata is part of the file's size)."""
+    return save_weights(model, path, metadata={"pare_version": pare.__version__, "stage": name})
+
+
+def export_stage(stage, model, info: dict, stage_dir: Path, example) -> dict | None:
+    """The file the stage's technique ships instead of plain weights (None: it ships none)."""
+    technique = None if stage is None else techniques()[stage.technique]
+    if technique is None or technique.export is None:
+        return None
+    return technique.export(model, stage.config, info, stage_dir, example)
+
+
+def validation_score(model, split: Split):
+    """The task's metrics on validation data, without intervals (``val_metrics`` of a stage)."""
+    task = get_task(split.kind)
+    return task.score(split.val.y.numpy(), task.outputs(model, split.val), classes=split.classes, bootstrap=0)
+
+
 def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline_record, source_name=None):
     if stage_dir.exists():  # a stale or interrupted attempt of this stage
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
     start = time.perf_counter()
-    technique = None if stage is None else techniques()[stage.technique]
     new_models, evals, histories, infos, extras = [], [], [], [], []
     for fold, split in enumerate(splits):
         tag = f" (fold {fold + 1}/{len(splits)})" if len(splits) > 1 else ""
@@ -210,12 +228,12 @@ def _run_stage(recipe, stage, name, stage_dir, splits, models, earlier, baseline
             )
         model.eval()
         weights = stage_dir / _weights_name(fold, len(splits))
-        save_weights(model, weights, metadata={"pare_version": pare.__version__, "stage": name})
+        save_stage_weights(model, weights, name)
         new_models.append(model)
         histories.append(history.to_dict() if hasattr(history, "to_dict") else history)
         infos.append(info)
         with status(f"evaluating {name}{tag} on {len(split.test)} test samples"):
-            evals.append(_evaluate(model, split, recipe, stage_dir, technique, stage, info))
+            evals.append(_evaluate(model, split, recipe, stage_dir, stage, info))
     save_predictions(stage_dir, [(e["y"], e["outputs"]) for e in evals])
     with status(f"measuring cost of {name}: FLOPs, memory, latency in torch and ONNX Runtime"):
         cost = _cost(new_models[0], splits[0], recipe, stage_dir, evals[0])
@@ -255,14 +273,12 @@ def _weights_name(fold: int, n_folds: int) -> str:
     return "model.safetensors" if n_folds == 1 else f"model-fold{fold}.safetensors"
 
 
-def _evaluate(model, split: Split, recipe: Recipe, stage_dir: Path, technique, stage, info) -> dict:
+def _evaluate(model, split: Split, recipe: Recipe, stage_dir: Path, stage, info) -> dict:
     """Test-set quality of what the stage ships: the torch model, or the technique's exported
     artifact when it is meant to run elsewhere (e.g. an int8 ONNX graph in ONNX Runtime)."""
     ev = recipe.evaluate
     task = get_task(split.kind)
-    exported = None
-    if technique is not None and technique.export is not None:
-        exported = technique.export(model, stage.config, info, stage_dir, task.inputs(split.test.X[:1]))
+    exported = export_stage(stage, model, info, stage_dir, task.inputs(split.test.X[:1]))
     model.eval()
     torch_outputs = task.outputs(model, split.test)  # for a quantized model: pare's simulation
     outputs = torch_outputs
@@ -272,7 +288,7 @@ def _evaluate(model, split: Split, recipe: Recipe, stage_dir: Path, technique, s
     result = task.score(
         y, outputs, classes=split.classes, bootstrap=ev.bootstrap, confidence=ev.confidence, seed=recipe.seed
     )
-    val = task.score(split.val.y.numpy(), task.outputs(model, split.val), classes=split.classes, bootstrap=0)
+    val = validation_score(model, split)
     return {
         "metrics": result.metrics,
         "val_metrics": val.metrics,

@@ -11,14 +11,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
-import pare
-from pare.cost import count_flops, count_params, time_calls
-from pare.export import ort_session, save_weights
-from pare.export.onnx import onnx_runner
-from pare.recipes.runner import apply_stage, train_baseline
-from pare.registry import techniques
+from pare.cost import count_flops, count_params, torch_latency
+from pare.export import onnx_latency, ort_session
+from pare.recipes.runner import (
+    apply_stage,
+    export_stage,
+    save_stage_weights,
+    train_baseline,
+    validation_score,
+)
 from pare.tasks import get_task
 
 LATENCY_REPEATS = 20
@@ -48,32 +49,26 @@ def measure(recipe, split, work_dir: Path, baseline=None, hooks=()) -> dict:
 
 def _measure_model(model, split, work_dir: Path, last, name: str) -> dict:
     task = get_task(split.kind)
-    val = task.score(split.val.y.numpy(), task.outputs(model, split.val), classes=split.classes, bootstrap=0)
-    quality = val.metrics[task.headline]
+    quality = validation_score(model, split).metrics[task.headline]
     example = task.inputs(split.val.X[:1])
     artifact, runtime = work_dir / "model.safetensors", "torch"
-    save_weights(
-        model, artifact, metadata={"pare_version": pare.__version__, "stage": name}
-    )  # as pare run does
-    if last is not None and techniques()[last[0].technique].export is not None:
+    save_stage_weights(model, artifact, name)
+    exported = None
+    if last is not None:
         stage, info, stage_dir = last
-        exported = techniques()[stage.technique].export(model, stage.config, info, stage_dir, example)
-        if exported:
-            artifact, runtime = Path(exported["artifact"]), exported.get("runtime", "torch")
+        exported = export_stage(stage, model, info, stage_dir, example)
+    if exported:
+        artifact, runtime = Path(exported["artifact"]), exported.get("runtime", "torch")
     if runtime == "onnxruntime":
-        run = onnx_runner(ort_session(artifact))
+        latency = onnx_latency(ort_session(artifact), example, [1], LATENCY_REPEATS)["batch_1"]["p50"]
     else:
-
-        def run(x):
-            with torch.inference_mode():
-                return model(x)
-
+        latency = torch_latency(model, example, repeats=LATENCY_REPEATS)["p50"]
     return {
         "quality": float(quality),
         "metric": task.headline,
         "higher_is_better": task.higher_is_better,
         "size_bytes": artifact.stat().st_size,
-        "latency_ms": time_calls(lambda: run(example), warmup=3, repeats=LATENCY_REPEATS)["p50"],
+        "latency_ms": latency,
         "runtime": runtime,
         "flops": count_flops(model, example),
         "params": count_params(model)["params"],

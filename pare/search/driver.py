@@ -82,13 +82,7 @@ def auto(
     objectives = _objectives(limits)
     study = _open("auto", recipe, out, objectives, limits, storage, study_name, sampler)
     split = recipe_splits(recipe)[0]
-    base_recipe = copy.deepcopy(recipe)
-    base_recipe.stages = []
-    baseline, _ = train_baseline(base_recipe, split, label="baseline (once per worker)")
-    base = candidate.measure(base_recipe, split, out / "work" / f"baseline-{os.getpid()}", baseline=baseline)
-    console.print(
-        f"baseline: val {base['metric']} {base['quality']:.4f}, {base['size_bytes']:,} bytes, {base['latency_ms']:.3f} ms"
-    )
+    baseline, base = _baseline(recipe, split, out)
 
     def objective(trial):
         raw = recipe.to_dict()
@@ -125,10 +119,7 @@ def nas(
     objs = list(objectives)
     study = _open("search", recipe, out, objs, limits, storage, study_name, sampler)
     split = recipe_splits(recipe)[0]
-    # the recipe's own architecture, for --max-drop and as the point every trial is compared with
-    own = copy.deepcopy(recipe)
-    own.stages = []
-    base = candidate.measure(own, split, out / "work" / f"own-{os.getpid()}")
+    _, base = _baseline(recipe, split, out)  # the recipe's own architecture: the point trials beat
 
     def objective(trial):
         raw = recipe.to_dict()
@@ -139,6 +130,30 @@ def nas(
         return _evaluate(trial, raw, split, out, base, limits, objs, hooks=hooks)
 
     return _search("search", study, out, objective, objs, limits, trials, base, final)
+
+
+def _baseline(recipe: Recipe, split, out: Path):
+    """The recipe's trained model without stages, and its measurement (once per worker: every
+    worker trains the same seeded baseline)."""
+    plain = copy.deepcopy(recipe)
+    plain.stages = []
+    model, _ = train_baseline(plain, split, label="baseline (once per worker)")
+    base = candidate.measure(plain, split, out / "work" / f"baseline-{os.getpid()}", baseline=model)
+    console.print(
+        f"baseline: val {base['metric']} {base['quality']:.4f}, {base['size_bytes']:,} bytes, "
+        f"{base['latency_ms']:.3f} ms"
+    )
+    return model, base
+
+
+def _feasible(attrs: dict) -> bool:
+    return all(c <= 0 for c in attrs.get("constraints", []))
+
+
+def _signed(t) -> float:
+    """A trial's validation quality, higher is better (minus perplexity)."""
+    q = t.user_attrs["quality"]
+    return q if t.user_attrs["higher_is_better"] else -q
 
 
 def _technique_spaces(allowed):
@@ -201,11 +216,7 @@ def _evaluate(trial, raw, split, out, base, limits, objectives, baseline=None, h
     trial.set_user_attr("recipe", raw)
     console.print(
         f"  val {r['metric']} {r['quality']:.4f}, {r['size_bytes']:,} bytes, {r['latency_ms']:.3f} ms"
-        + (
-            " [green]feasible[/]"
-            if all(c <= 0 for c in r["constraints"])
-            else " [yellow]outside the limits[/]"
-        )
+        + (" [green]feasible[/]" if _feasible(r) else " [yellow]outside the limits[/]")
     )
     return tuple(r[o] for o in objectives)
 
@@ -236,8 +247,7 @@ def _search(kind, study, out, objective, objectives, limits, trials, base, final
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise PareError(f"no trial of study {study.study_name!r} finished; see the errors above")
-    higher = done[0].user_attrs["higher_is_better"]
-    feasible = [t for t in done if all(c <= 0 for c in t.user_attrs["constraints"])]
+    feasible = [t for t in done if _feasible(t.user_attrs)]
     front = pareto_front(feasible or done, objectives)
     summary = {
         "study": study.study_name,
@@ -261,9 +271,9 @@ def _search(kind, study, out, objective, objectives, limits, trials, base, final
         )
     # auto: the smallest artifact that keeps to the limits; search: the best quality
     if kind == "auto":
-        best = min(feasible, key=lambda t: (t.user_attrs["size_bytes"], -_signed(t, higher)))
+        best = min(feasible, key=lambda t: (t.user_attrs["size_bytes"], -_signed(t)))
     else:
-        best = max(feasible, key=lambda t: _signed(t, higher))
+        best = max(feasible, key=_signed)
     summary["best"] = best.number
     atomic_write_text(out / "best.yaml", yaml.safe_dump(best.user_attrs["recipe"], sort_keys=False))
     console.print(
@@ -284,10 +294,6 @@ def _plot(done, feasible, objectives, kind, path: Path) -> None:
     points = [(f"t{t.number}", t.user_attrs[x], t.user_attrs["quality"]) for t in done if t.number in ok]
     others = [(t.user_attrs[x], t.user_attrs["quality"]) for t in done if t.number not in ok]
     pareto_plot(points, f"validation {done[0].user_attrs['metric']}", path, xlabel=label, excluded=others)
-
-
-def _signed(t, higher: bool) -> float:
-    return t.user_attrs["quality"] if higher else -t.user_attrs["quality"]
 
 
 def _final_run(best, out: Path) -> dict:
@@ -321,8 +327,7 @@ def pareto_front(trials, objectives: list[str]):
     """Trials no other trial beats on every objective (quality up, the rest down)."""
 
     def key(t):
-        sign = 1 if t.user_attrs["higher_is_better"] else -1
-        return [-sign * t.user_attrs["quality"] if o == "quality" else t.user_attrs[o] for o in objectives]
+        return [-_signed(t) if o == "quality" else t.user_attrs[o] for o in objectives]
 
     points = [(t, key(t)) for t in trials]
     front = []
@@ -351,7 +356,7 @@ def _trial_record(t) -> dict:
         "params": t.params,
         **{k: t.user_attrs[k] for k in keep if k in t.user_attrs},
         **{k: t.user_attrs[k] for k in ("error", "invalid") if k in t.user_attrs},
-        "feasible": t.state.name == "COMPLETE" and all(c <= 0 for c in t.user_attrs.get("constraints", [])),
+        "feasible": t.state.name == "COMPLETE" and _feasible(t.user_attrs),
         "stages": [s["technique"] for s in t.user_attrs.get("recipe", {}).get("stages", [])],
     }
 

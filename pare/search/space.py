@@ -59,7 +59,7 @@ def technique_space(technique: Technique) -> dict[str, Any] | None:
 
 
 def technique_order(technique: Technique) -> int:
-    return (technique.search or {}).get("order", DEFAULT_ORDER) if technique.search is not False else 0
+    return (technique.search or {}).get("order", DEFAULT_ORDER)
 
 
 def sample(trial, prefix: str, space: dict[str, Any]) -> dict:

@@ -114,6 +114,7 @@ def fit(
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     state = TrainState(model=model, optimizer=optimizer, config=cfg)
     forward = distributed.wrap(model)  # under torchrun: gradients averaged over the processes
+    n_procs = distributed.world()[1]
     history = History()
     best_loss, best_state, bad_epochs = float("inf"), None, 0
     start = time.perf_counter()
@@ -150,7 +151,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 # DDP averages the processes' gradients; weighting each by its share of the batch
                 # makes that the whole batch's mean even when the shares differ (last batch)
-                (loss * (distributed.world()[1] * len(idx) / len(full))).backward()
+                (loss * (n_procs * len(idx) / len(full))).backward()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
