@@ -310,6 +310,36 @@ def test_dynamic_int8_stores_embedding_tables_as_int8_rows(tmp_path):
     assert 0 < err < 0.01
 
 
+class PositionalTokenClassifier(TokenClassifier):
+    """Adds a position table and names its token table the way Hugging Face models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Embedding(6, 16)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, ids):
+        return self.net((self.embed(ids) + self.pos.weight[None]).mean(1))
+
+
+def test_dynamic_int8_keeps_position_tables_float_and_excludes_tables_by_name():
+    torch.manual_seed(0)
+    X = torch.randint(0, 50, (64, 6))
+    part = pare.data.Part(X, (X[:, 0] % 3).long())
+    split = pare.data.Split(part, part, part, ["a", "b", "c"], (6,), "tokens")
+    model = PositionalTokenClassifier().eval()
+    q, info = pare.compress(model, QuantizeConfig(mode="dynamic"), split)
+    assert info["embeddings"] == ["embed"]  # the token table only
+    assert torch.equal(q.pos.weight, model.pos.weight)
+    assert not torch.equal(q.embed.weight, model.embed.weight)
+    q, info = pare.compress(model, QuantizeConfig(mode="dynamic", exclude=["embed"]), split)
+    assert info["embeddings"] == [] and torch.equal(q.embed.weight, model.embed.weight)
+    with pytest.raises(ConfigError, match="'embedd' matches no layer"):
+        pare.compress(model, QuantizeConfig(mode="dynamic", exclude=["embedd"]), split)
+
+
 def test_gptq_damps_a_singular_hessian_and_names_a_hopeless_one():
     from pare.errors import PareError
     from pare.techniques.quantize.calibrated import gptq

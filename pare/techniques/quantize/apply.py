@@ -44,11 +44,15 @@ def weight_spec(config: QuantizeConfig, overrides: dict | None = None) -> Weight
 def layer_specs(model: nn.Module, config: QuantizeConfig) -> tuple[dict[str, WeightSpec], list[dict]]:
     """Specs for the selected layers (overrides applied, skipped ones dropped) and the layers
     that hold weights but are of a type pare does not quantize."""
+    # In dynamic mode embedding tables are quantized too, so `exclude` may name them.
+    tables = (nn.Embedding,) if config.mode == "dynamic" and config.embeddings else ()
     selected = select_layers(
-        model, include=config.layers, exclude=config.exclude, types=SUPPORTED, key="layers"
+        model, include=config.layers, exclude=config.exclude, types=SUPPORTED + tables, key="layers"
     )
     specs, problems = {}, []
     for name, layer in selected.items():
+        if isinstance(layer, tables):
+            continue
         opts = layer_options(name, {}, config.overrides)
         if opts.get("skip"):
             continue
@@ -187,8 +191,9 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         "bits": config.weight_bits,
         "runtime": "onnxruntime" if config.runs_in_onnxruntime else "torch",
     }
-    embeds = config.mode == "dynamic" and config.embeddings
-    unsupported = [u for u in unsupported if not (embeds and u["type"] == "Embedding")]
+    if config.mode == "dynamic" and config.embeddings:
+        tables = token_tables(model)
+        unsupported = [u for u in unsupported if u["layer"] not in tables]
     if unsupported:
         info["skipped_layers"] = unsupported
         listed = ", ".join(f"{u['layer']} ({u['type']})" for u in unsupported)
@@ -231,13 +236,29 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
     return model, info
 
 
+def token_tables(model: nn.Module) -> dict[str, nn.Embedding]:
+    """The embedding tables ``embeddings: true`` stores as int8 rows: the token (vocabulary)
+    tables. In a Hugging Face model that is what ``get_input_embeddings()`` returns; its position
+    and token-type tables stay float, because they are small and every token reads them, so their
+    rounding reaches every position (int8 position rows cost MiniLM 4 of 347 queries at rank 1,
+    see the README). In other models every ``nn.Embedding`` counts."""
+    tables = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    vocab = set()
+    for m in model.modules():
+        try:
+            vocab.add(id(m.get_input_embeddings()))
+        except (AttributeError, NotImplementedError):
+            pass
+    return {n: m for n, m in tables.items() if id(m) in vocab} if vocab else tables
+
+
 @torch.no_grad()
 def quantize_embeddings(model: nn.Module, config: QuantizeConfig) -> list[str]:
-    """Round every embedding table (not excluded) to int8 with one scale per row, in place: the
-    model then computes what the exported int8 Gather computes."""
+    """Round each token table (not excluded) to int8 with one scale per row, in place: the model
+    then computes what the exported int8 Gather computes."""
     names = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Embedding) and not any(matches(name, p) for p in config.exclude):
+    for name, m in token_tables(model).items():
+        if not any(matches(name, p) for p in config.exclude):
             m.weight.copy_(embedding_int8(m.weight)[2])
             names.append(name)
     return names
