@@ -4,7 +4,8 @@ The zoo ResNet (width 64) trained on digits upsampled to 32x32 is pruned to 50 %
 pare (structured, L1, channel counts rounded to multiples of 16), by Torch-Pruning (MetaPruner,
 L1 magnitude, the same rounding, its ratio searched to the same MACs) and by
 torch.nn.utils.prune (global unstructured L1 at 50 % of the weights: zeros in dense layers, so
-no MACs saved). pare's block dropping is shown too. Every model gets the same fine-tuning. Latency is timed alternately with the
+no MACs saved). pare also prunes to the MACs Torch-Pruning reached, for an accuracy comparison
+at equal cost. pare's block dropping is shown too. Every model gets the same fine-tuning. Latency is timed alternately with the
 baseline in one loop, at batch 64, in torch and in ONNX Runtime. Also: accuracy against the
 share of MACs removed for each of pare's criteria (no fine-tuning), as a plot.
 
@@ -210,6 +211,15 @@ def main():
             time.perf_counter() - t0,
             pruning_ratio=tp_ratio,
         )
+        # Rounding makes MACs a step function and the two tools stop at different steps: compare
+        # accuracy where Torch-Pruning stopped too.
+        t0 = time.perf_counter()
+        tp_removed = 1 - 1 / rows[-1]["macs_ratio"]
+        same, _ = pare.compress(
+            baseline, PruneConfig(target="macs", amount=tp_removed, round_to=ROUND_TO), split
+        )
+        finetune(same)
+        record("pare-structured-l1-at-torch-pruning-macs", "pare", same, time.perf_counter() - t0)
         t0 = time.perf_counter()
         record(
             "torch.nn.utils.prune-l1-unstructured-50%",
@@ -233,8 +243,10 @@ def main():
     by = {r["name"]: r for r in rows}
     base = by["fp32-finetuned (control)"]
     ours_row, tp_row = by["pare-structured-l1-50%macs"], by["torch-pruning-l1-50%macs"]
+    same_row = by["pare-structured-l1-at-torch-pruning-macs"]
     drop = 100 * (base["metrics"]["accuracy"] - ours_row["metrics"]["accuracy"])
-    gap = 100 * (ours_row["metrics"]["accuracy"] - tp_row["metrics"]["accuracy"])
+    gap = 100 * (same_row["metrics"]["accuracy"] - tp_row["metrics"]["accuracy"])
+    macs_gap = same_row["macs_ratio"] / tp_row["macs_ratio"]
     targets = [
         bench.target(
             "pare 50% MACs: speed-up in torch (batch 64)",
@@ -254,7 +266,12 @@ def main():
             drop,
             drop <= 0.5,
         ),
-        bench.target("pare minus Torch-Pruning accuracy at 50% MACs", ">= 0 points", gap, gap >= 0),
+        bench.target(
+            f"pare minus Torch-Pruning accuracy at Torch-Pruning's MACs (pare's MACs ratio / its: {macs_gap:.3f})",
+            ">= 0 points at >= its MACs reduction",
+            gap,
+            gap >= 0 and macs_gap >= 0.999,
+        ),
     ]
     bench.print_table(
         rows,

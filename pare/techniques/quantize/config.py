@@ -57,7 +57,7 @@ class QuantizeConfig:
     sensitivity: bool = False
     mixed: MixedPrecisionConfig | None = None
     entropy_coding: bool = False  # packed artifact (weight_only) compressed losslessly (xz)
-    embeddings: bool = True  # dynamic: embedding tables stored as int8 rows (a Gather of int8 + scale)
+    embeddings: bool = True  # dynamic: token tables stored as int8 rows (a Gather of int8 + scale)
     method: Literal["rtn", "gptq", "awq"] = "rtn"  # weight_only: round to nearest, or calibrated
     damp: float = param(0.01, gt=0, lt=1)  # gptq: diagonal damping, share of the mean diagonal
     act_order: bool = True  # gptq: quantize columns in order of decreasing input energy
