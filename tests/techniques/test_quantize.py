@@ -331,7 +331,7 @@ def test_dynamic_int8_keeps_position_tables_float_and_excludes_tables_by_name():
     split = pare.data.Split(part, part, part, ["a", "b", "c"], (6,), "tokens")
     model = PositionalTokenClassifier().eval()
     q, info = pare.compress(model, QuantizeConfig(mode="dynamic"), split)
-    assert info["embeddings"] == ["embed"]  # the token table only
+    assert info["embeddings"] == ["embed"] and info["float_tables"] == ["pos"]  # the token table only
     assert torch.equal(q.pos.weight, model.pos.weight)
     assert not torch.equal(q.embed.weight, model.embed.weight)
     q, info = pare.compress(model, QuantizeConfig(mode="dynamic", exclude=["embed"]), split)

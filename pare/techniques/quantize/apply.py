@@ -193,7 +193,13 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
     }
     if config.mode == "dynamic" and config.embeddings:
         tables = token_tables(model)
-        unsupported = [u for u in unsupported if u["layer"] not in tables]
+        kept = [u["layer"] for u in unsupported if u["type"] == "Embedding" and u["layer"] not in tables]
+        unsupported = [u for u in unsupported if u["type"] != "Embedding"]
+        if kept:
+            info["float_tables"] = kept
+            console.print(
+                f"  quantize: position/type tables kept float (every token reads them): {', '.join(kept)}"
+            )
     if unsupported:
         info["skipped_layers"] = unsupported
         listed = ", ".join(f"{u['layer']} ({u['type']})" for u in unsupported)
