@@ -44,8 +44,7 @@ def weight_spec(config: QuantizeConfig, overrides: dict | None = None) -> Weight
 def layer_specs(model: nn.Module, config: QuantizeConfig) -> tuple[dict[str, WeightSpec], list[dict]]:
     """Specs for the selected layers (overrides applied, skipped ones dropped) and the layers
     that hold weights but are of a type pare does not quantize."""
-    # In dynamic mode embedding tables are quantized too, so `exclude` may name them.
-    tables = (nn.Embedding,) if config.mode == "dynamic" and config.embeddings else ()
+    tables = (nn.Embedding,) if config.int8_tables else ()  # so that `exclude` may name a table
     selected = select_layers(
         model, include=config.layers, exclude=config.exclude, types=SUPPORTED + tables, key="layers"
     )
@@ -191,8 +190,9 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         "bits": config.weight_bits,
         "runtime": "onnxruntime" if config.runs_in_onnxruntime else "torch",
     }
-    if config.mode == "dynamic" and config.embeddings:
-        tables = token_tables(model)
+    tables = []  # named before tracing, which loses get_input_embeddings
+    if config.int8_tables:
+        tables = list(token_tables(model))
         kept = [u["layer"] for u in unsupported if u["type"] == "Embedding" and u["layer"] not in tables]
         unsupported = [u for u in unsupported if u["type"] != "Embedding"]
         if kept:
@@ -223,8 +223,8 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
             info["history"] = _qat(model, config, ctx)
     elif config.mode == "dynamic":
         model = wrap_layers(model, specs, dynamic_bits=8)
-        if config.embeddings:
-            info["embeddings"] = quantize_embeddings(model, config)
+        if config.int8_tables:
+            info["embeddings"] = quantize_embeddings(model, tables, config.exclude)
     else:  # static, or 8-bit QAT starting from the static ranges
         model = graph.prepare_static(
             model, specs, graph.observer_factory(config.range_method, config.percentile, config.momentum)
@@ -259,14 +259,13 @@ def token_tables(model: nn.Module) -> dict[str, nn.Embedding]:
 
 
 @torch.no_grad()
-def quantize_embeddings(model: nn.Module, config: QuantizeConfig) -> list[str]:
-    """Round each token table (not excluded) to int8 with one scale per row, in place: the model
+def quantize_embeddings(model: nn.Module, tables: list[str], exclude: list[str]) -> list[str]:
+    """Round the named tables (not excluded) to int8 with one scale per row, in place: the model
     then computes what the exported int8 Gather computes."""
-    names = []
-    for name, m in token_tables(model).items():
-        if not any(matches(name, p) for p in config.exclude):
-            m.weight.copy_(embedding_int8(m.weight)[2])
-            names.append(name)
+    names = [n for n in tables if not any(matches(n, p) for p in exclude)]
+    for name in names:
+        m = model.get_submodule(name)
+        m.weight.copy_(embedding_int8(m.weight)[2])
     return names
 
 

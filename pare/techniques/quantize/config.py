@@ -67,6 +67,11 @@ class QuantizeConfig:
         return self.bits if self.bits is not None else DEFAULT_BITS.get(self.scheme, 8)
 
     @property
+    def int8_tables(self) -> bool:
+        """Dynamic mode stores token embedding tables as int8 rows too."""
+        return self.mode == "dynamic" and self.embeddings
+
+    @property
     def runs_in_onnxruntime(self) -> bool:
         """Static, dynamic and 8-bit QAT models ship as int8 ONNX graphs."""
         return self.mode in ("static", "dynamic") or (self.mode == "qat" and self.weight_bits == 8)
