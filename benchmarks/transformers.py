@@ -8,8 +8,8 @@ the peers, measured side by side in one process.
    heads and FFN neurons removed, and a shallower student (layers dropped), both distilled
    from fp32 MiniLM. Latency at batch 32 x 128 tokens, each model timed alternately with fp32.
 2. A small GPT trained on pydoc_data: perplexity on held-out topics after 4- and 3-bit
-   weight-only quantization by round to nearest, GPTQ and AWQ, each with min-max and with
-   MSE-clipped group scales.
+   weight-only quantization (asymmetric codes) by round to nearest, GPTQ and AWQ, each with
+   min-max and with MSE-clipped group scales.
 3. MiniLM + head on pydoc topic classification: full fine-tuning against pare's LoRA and QLoRA
    and PEFT's LoRA with the same settings.
 
@@ -273,7 +273,8 @@ def gpt(quick: bool, rows: list, targets: list) -> None:
     )
     # Every method with min-max group scales and with scales clipped to the lowest squared error
     # (weight_range: mse): at 3 bits the clipping matters as much as the method, so each method
-    # is compared with round to nearest under the same scales.
+    # is compared with round to nearest under the same scales. Codes are asymmetric (a zero point
+    # per group), GPTQ's reference setting: symmetric 3-bit codes have 7 levels, not 8.
     increase = {}
     for bits in (4, 3):
         for weight_range in ("minmax", "mse"):
@@ -286,6 +287,7 @@ def gpt(quick: bool, rows: list, targets: list) -> None:
                     "group_size": 32,
                     "method": method,
                     "weight_range": weight_range,
+                    "symmetric": False,
                 }
                 q, info = stage(model, "quantize", cfg, split)
                 shipped = bench.export(q, "quantize", cfg, info, WORK, split.test.X[:1])

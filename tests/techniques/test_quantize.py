@@ -113,13 +113,28 @@ def test_weight_only_packed_artifact_is_small_and_reloads(
     assert torch.allclose(plain(x), q(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_calibrated_weight_only_beats_rtn_packs_and_resumes(tmp_path, digits_split, mlp, method):
-    config = QuantizeConfig(mode="weight_only", bits=3, granularity="per_group", group_size=16, method=method)
+@pytest.mark.parametrize(
+    "method,symmetric,bits",
+    [("gptq", True, 3), ("gptq", False, 3), ("gptq", False, 8), ("awq", True, 3), ("awq", False, 3)],
+)
+def test_calibrated_weight_only_beats_rtn_packs_and_resumes(
+    tmp_path, digits_split, mlp, method, symmetric, bits
+):
+    config = QuantizeConfig(
+        mode="weight_only",
+        bits=bits,
+        symmetric=symmetric,
+        granularity="per_group",
+        group_size=16,
+        method=method,
+    )
     q, info = pare.compress(mlp, config, digits_split)
     errors = info["calibrated_error"]
     assert set(errors) == {"net.1", "net.4", "net.7"}
     assert all(e[method] < e["rtn"] for e in errors.values()), errors
+    if not symmetric:  # unsigned codes with a zero point per group, all of the range in use
+        codes = q.get_submodule("net.1").pinned_codes
+        assert codes.dtype == torch.uint8 and int(codes.max()) == 2**bits - 1
     x = digits_split.test.X
     shipped = export(q, config, info, tmp_path, x[:1])  # packed like RTN: same loader
     assert torch.allclose(load_packed(copy.deepcopy(mlp), shipped["artifact"])(x), q(x), atol=1e-5)

@@ -1,15 +1,17 @@
 """Weight-only quantization that looks at calibration inputs: GPTQ and AWQ.
 
-Both produce weights in the same format as round-to-nearest (``affine``, symmetric, one scale
-per group of ``group_size`` inputs or per channel), so packing, loading and the report are
-shared; AWQ adds one scale per input channel (``input_scale``) that the weight is divided by.
+Both produce weights in the same format as round-to-nearest (``affine``, symmetric or with a
+zero point, one scale per group of ``group_size`` inputs or per channel), so packing, loading
+and the report are shared; AWQ adds one scale per input channel (``input_scale``) that the
+weight is divided by.
 
 - GPTQ (Frantar et al. 2022): quantize one input column at a time and spread its rounding
   error over the columns not yet quantized, weighted by the inverse Hessian H = X^T X of the
-  layer's inputs (taken layer after layer from the model quantized so far: sequential). Damping adds ``damp`` x mean(diag H) to the diagonal; when H is still not
-  positive definite the damping grows tenfold (three tries) before a clear error. With
-  ``act_order`` columns go in order of decreasing diag(H); group scales are fixed from the
-  original weights first ("static groups"), so the result packs like RTN.
+  layer's inputs (taken layer after layer from the model quantized so far: sequential).
+  Damping adds ``damp`` x mean(diag H) to the diagonal; when H is still not positive definite
+  the damping grows tenfold (three tries) before a clear error. With
+  ``act_order`` columns go in order of decreasing diag(H); group scales (and zero points) are
+  fixed from the original weights first ("static groups"), so the result packs like RTN.
 - AWQ (Lin et al. 2023): scale input channel j by s_j = mean|x_j|^a before quantizing (and
   divide it back), choosing a in [0, 1] per layer by the output error on calibration rows:
   salient channels get finer steps.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from pare.errors import PareError
-from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec, quantize_weight
+from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec, qrange, quantize_weight
 
 
 class InputStats:
@@ -90,11 +92,13 @@ def _run(model: torch.nn.Module, batches, handles) -> None:
         model.train(was_training)
 
 
-def _group_scales(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, int]:
-    """Per-group (or per-channel) symmetric scales of ``w`` as RTN computes them, and the group width."""
+def _group_params(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-group (or per-channel) scales and zero points of ``w`` as RTN computes them, and the
+    group width."""
     ref = quantize_weight(w, spec)
     width = spec.group_size if spec.granularity == "per_group" else w.shape[1]
-    return ref.params["scale"].reshape(w.shape[0], -1), width
+    shape = (w.shape[0], -1)
+    return ref.params["scale"].reshape(shape), ref.params["zero_point"].reshape(shape), width
 
 
 def _inverse_hessian_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
@@ -119,9 +123,9 @@ def gptq(
     """GPTQ of one Linear weight (out, in) given its input Hessian (in, in)."""
     w = w.detach().double().clone()
     h = h.double().clone()
-    scales, width = _group_scales(w.float(), spec)
-    scales = scales.double()
-    qmax = 2 ** (spec.bits - 1) - 1
+    scales, zeros, width = _group_params(w.float(), spec)
+    scales, zeros = scales.double(), zeros.double()
+    qmin, qmax = qrange(spec.bits, spec.symmetric)
     dead = h.diagonal() == 0  # inputs that never fire: any value works, use zero
     h[dead, dead] = 1
     w[:, dead] = 0
@@ -129,26 +133,28 @@ def gptq(
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(n)
     w, h = w[:, perm], h[perm][:, perm]
     col_scale = scales[:, perm // width]  # each column keeps its original group's scale
+    col_zero = zeros[:, perm // width]
     hinv = _inverse_hessian_factor(h, damp, name)
     codes = torch.zeros_like(w)
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
         w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros_like(w[:, i1:i2]), hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col, s = w1[:, i], col_scale[:, i1 + i]
-            q = torch.clamp(torch.round(col / s), -qmax, qmax)
+            col, s, z = w1[:, i], col_scale[:, i1 + i], col_zero[:, i1 + i]
+            q = torch.clamp(torch.round(col / s) + z, qmin, qmax)
             codes[:, i1 + i] = q
-            err = (col - q * s) / hinv1[i, i]
+            err = (col - (q - z) * s) / hinv1[i, i]
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     inverse = torch.argsort(perm)
     codes = codes[:, inverse]
-    deq = (codes * scales.repeat_interleave(width, dim=1)).float()
+    expand = lambda t: t.repeat_interleave(width, dim=1)  # noqa: E731
+    deq = ((codes - expand(zeros)) * expand(scales)).float()
     return QuantizedWeight(
         deq,
         codes.to(torch.int32),
-        {"scale": scales.reshape(-1).float(), "zero_point": torch.zeros(scales.numel())},
+        {"scale": scales.reshape(-1).float(), "zero_point": zeros.reshape(-1).float()},
         spec.bits,
     )
 

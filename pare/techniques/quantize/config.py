@@ -114,15 +114,12 @@ class QuantizeConfig:
                 f"entropy coding applies to pare's packed artifact (mode: weight_only)"
             )
         if self.method != "rtn" and (
-            self.mode != "weight_only"
-            or s != "affine"
-            or not self.symmetric
-            or self.granularity == "per_tensor"
+            self.mode != "weight_only" or s != "affine" or self.granularity == "per_tensor"
         ):
             problems.append(
                 f"method: {self.method!r} chooses weight codes from calibration data and needs mode: weight_only, "
-                f"scheme: affine, symmetric, per_channel or per_group (got mode={self.mode!r}, scheme={s!r}, "
-                f"symmetric={self.symmetric}, granularity={self.granularity!r})"
+                f"scheme: affine, per_channel or per_group (got mode={self.mode!r}, scheme={s!r}, "
+                f"granularity={self.granularity!r})"
             )
         if self.mixed is not None and s != "affine":
             problems.append(f"mixed: mixed precision uses the affine scheme (got {s!r})")

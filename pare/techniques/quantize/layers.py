@@ -58,7 +58,9 @@ class QuantLayer(nn.Module):
     def pin(self, quantized: QuantizedWeight) -> None:
         """Keep these codes (chosen with calibration data) instead of re-quantizing ``base.weight``;
         they are saved with the model, so a resumed run loads them back."""
-        self.register_buffer("pinned_codes", quantized.codes.to(torch.int8))
+        # signed codes (symmetric) fit int8, unsigned ones (asymmetric, 0..255 at 8 bits) uint8
+        codes = quantized.codes.to(torch.int8 if self.spec.symmetric else torch.uint8)
+        self.register_buffer("pinned_codes", codes)
         self.pinned_keys = sorted(quantized.params)
         for k, v in quantized.params.items():
             self.register_buffer(f"pinned_{k}", v.detach().float().clone())
