@@ -17,7 +17,13 @@ from pare.registry import register
 from pare.selection import layer_options, matches, replace_module, select_layers
 from pare.tasks import get_task
 from pare.techniques.quantize import graph
-from pare.techniques.quantize.calibrated import awq, collect_input_stats, execution_order, gptq
+from pare.techniques.quantize.calibrated import (
+    awq,
+    collect_input_stats,
+    collect_paired_stats,
+    execution_order,
+    gptq,
+)
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import embedding_int8, export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
@@ -215,10 +221,13 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         chosen = allocate_bits(model, specs, sens, config.mixed, ctx)
         specs = {n: dataclasses.replace(s, bits=chosen[n]) for n, s in specs.items()}
     if config.mode == "weight_only" or (config.mode == "qat" and config.weight_bits < 8):
+        # GPTQ aims each layer at the float model's outputs: keep that model to read them from
+        reference = copy.deepcopy(model) if config.method == "gptq" and config.input_drift else None
         model = wrap_layers(model, specs)
         if config.method != "rtn":
             info["method"] = config.method
-            info["calibrated_error"] = _calibrate(model, specs, calibration_batches(ctx, config), config)
+            batches = calibration_batches(ctx, config)
+            info["calibrated_error"] = _calibrate(model, specs, batches, config, reference)
         if config.mode == "qat":
             info["history"] = _qat(model, config, ctx)
     elif config.mode == "dynamic":
@@ -269,23 +278,30 @@ def quantize_embeddings(model: nn.Module, tables: list[str], exclude: list[str])
     return names
 
 
-def _calibrate(model, specs, batches, config) -> dict[str, dict[str, float]]:
+def _calibrate(model, specs, batches, config, reference=None) -> dict[str, dict[str, float]]:
     """GPTQ or AWQ codes pinned in each Linear layer (convolutions keep RTN), in the order the
     model runs them: each layer's calibration inputs come from the model with every earlier
-    layer already quantized, so it also corrects what they changed (sequential GPTQ). Returns
-    each layer's output error on those rows against RTN's (relative mean square)."""
+    layer already quantized (sequential GPTQ). Given the float ``reference`` model, GPTQ also
+    corrects what those layers changed in the inputs, aiming at the float outputs. Returns each
+    layer's output error on the calibration rows against the float layer's output on its float
+    inputs (relative mean square), for RTN and for the method."""
     layers = {n: model.get_submodule(n) for n in specs if isinstance(model.get_submodule(n).base, nn.Linear)}
     errors = {}
     for name in execution_order(model, layers, batches[0]):
         layer, spec = layers[name], specs[name]
-        st = collect_input_stats(model, {name: layer}, batches)[name]
+        if reference is not None:
+            st = collect_paired_stats(model, reference, name, batches)
+        else:
+            st = collect_input_stats(model, {name: layer}, batches)[name]
         w = layer.base.weight.detach()
         if config.method == "gptq":
-            q = gptq(w, st.hessian, spec, damp=config.damp, act_order=config.act_order, name=name)
+            q = gptq(
+                w, st.hessian, spec, damp=config.damp, act_order=config.act_order, name=name, drift=st.drift
+            )
         else:
             q = awq(w, st, spec)
         x = torch.cat(st.sample)
-        ref = x @ w.T
+        ref = torch.cat(st.sample_ref or st.sample) @ w.T
 
         def err(deq, x=x, ref=ref):
             return float((x @ deq.T - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))

@@ -61,6 +61,9 @@ class QuantizeConfig:
     method: Literal["rtn", "gptq", "awq"] = "rtn"  # weight_only: round to nearest, or calibrated
     damp: float = param(0.01, gt=0, lt=1)  # gptq: diagonal damping, share of the mean diagonal
     act_order: bool = True  # gptq: quantize columns in order of decreasing input energy
+    # gptq: aim each layer at the float model's outputs, correcting what earlier quantized layers
+    # changed in its inputs (false: the original GPTQ objective, the layer's own output)
+    input_drift: bool = True
 
     @property
     def weight_bits(self) -> int:
