@@ -14,7 +14,8 @@ weight is divided by.
   fixed from the original weights first ("static groups"), so the result packs like RTN.
   Sequential inputs X differ from the float model's X_ref; with the drift X^T (X_ref - X) the
   layer aims at the float output X_ref W^T, not X W^T (the asymmetric calibration of GPTAQ,
-  2025): on the zoo GPT at 3 bits this cut GPTQ's perplexity increase by a third.
+  2025): on the zoo GPT at 3 bits this cut GPTQ's perplexity increase by a third (min-max
+  scales) to three fifths (clipped scales).
 - AWQ (Lin et al. 2023): scale input channel j by s_j = mean|x_j|^a before quantizing (and
   divide it back), choosing a in [0, 1] per layer by the output error on calibration rows:
   salient channels get finer steps.
