@@ -35,7 +35,7 @@ class InputStats:
 
     def __init__(self, in_features: int, keep_rows: int = 512):
         self.xtx = torch.zeros(in_features, in_features, dtype=torch.float64)
-        self.cross = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self.cross: torch.Tensor | None = None  # X^T (X_ref - X), once inputs come paired
         self.abs_sum = torch.zeros(in_features, dtype=torch.float64)
         self.rows = 0
         self.sample: list[torch.Tensor] = []
@@ -50,7 +50,8 @@ class InputStats:
         kept = sum(len(s) for s in self.sample)
         if x_ref is not None:
             x_ref = x_ref.detach().reshape(-1, x.shape[-1]).double()
-            self.cross += x.T @ (x_ref - x)
+            cross = x.T @ (x_ref - x)
+            self.cross = cross if self.cross is None else self.cross + cross
             if kept < self.keep_rows:
                 self.sample_ref.append(x_ref[: self.keep_rows - kept].float())
         if kept < self.keep_rows:
@@ -63,7 +64,7 @@ class InputStats:
     @property
     def drift(self) -> torch.Tensor | None:
         """X^T (X_ref - X) / rows: how far earlier quantized layers moved this layer's inputs."""
-        return self.cross / max(self.rows, 1) if self.sample_ref else None
+        return None if self.cross is None else self.cross / max(self.rows, 1)
 
     @property
     def mean_abs(self) -> torch.Tensor:
