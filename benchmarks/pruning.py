@@ -142,9 +142,8 @@ def torch_unstructured(model, finetune):
 
 def main():
     args = bench.parse_args("pruning")
-    started = time.perf_counter()
     quick = args.quick
-    epochs, ft_epochs, rounds, n_boot = (3, 2, 10, 300) if quick else (8, 4, 30, 1000)
+    epochs, ft_epochs, rounds, n_boot = (1, 1, 5, 200) if quick else (8, 4, 30, 1000)
     split = pare.make_splits(DataConfig(source="digits", image_size=IMAGE_SIZE), seed=0)[0]
     torch.manual_seed(0)
     baseline = pare.build_model(ModelConfig(name=MODEL["zoo"], args=MODEL["args"]), split.input_shape, 10)
@@ -310,7 +309,7 @@ def main():
     bench.print_targets(targets)
     out = Path(args.out)
     plot = _plot_curves(curves, out.with_name(out.stem + "-curves.png"))
-    bench.write("pruning", out, rows, targets, started, quick=quick, curves=curves, curves_plot=str(plot))
+    bench.write("pruning", args, rows, targets, curves=curves, curves_plot=str(plot))
     print(f"\nwritten: {out}, {plot}")
 
 

@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,6 +25,7 @@ import _common as bench  # noqa: E402
 
 import pare  # noqa: E402
 from pare.cost import latency_table  # noqa: E402
+from pare.cost.profile import batch_of  # noqa: E402
 from pare.evaluate import predict_proba, softmax  # noqa: E402
 from pare.export import export_onnx, onnx_latency, onnx_predict, ort_session  # noqa: E402
 from pare.metrics import bootstrap_cis  # noqa: E402
@@ -77,7 +77,7 @@ def accuracy_with_ci(y, proba, n_boot):
 def ort_measure(path, split, repeats):
     session = ort_session(path)
     proba = softmax(onnx_predict(session, split.test.X.numpy()))
-    lat = onnx_latency(session, split.input_shape, BATCHES, repeats)
+    lat = onnx_latency(session, split.test.X, BATCHES, repeats)
     return proba, {f"batch_{b}": lat[f"batch_{b}"]["p50"] for b in BATCHES}
 
 
@@ -86,7 +86,7 @@ def torch_measure(model, split, repeats):
         with torch.inference_mode():
             model(x)
 
-    lat = latency_table(run, split.input_shape, BATCHES, repeats)
+    lat = latency_table(run, split.test.X, BATCHES, repeats)
     return predict_proba(model, split.test.X), {f"batch_{b}": lat[f"batch_{b}"]["p50"] for b in BATCHES}
 
 
@@ -125,14 +125,14 @@ def peers(fp32_path: Path, calib: list[torch.Tensor], work: Path) -> dict[str, P
 
 
 def run_model(key: str, spec: dict, quick: bool, work: Path) -> list[dict]:
-    repeats, n_boot = (10, 300) if quick else (30, 1000)
+    repeats, n_boot = (5, 200) if quick else (30, 1000)
     data = DataConfig(source="digits", image_size=spec["image_size"])
     split = pare.make_splits(data, seed=0)[0]
     torch.manual_seed(0)
     model = pare.build_model(
         ModelConfig(name=spec["zoo"], args=spec["args"]), split.input_shape, split.num_classes
     )
-    epochs = max(3, spec["epochs"] // 2) if quick else spec["epochs"]
+    epochs = max(2, spec["epochs"] // 4) if quick else spec["epochs"]
     train = TrainConfig(epochs=epochs, lr=0.003, patience=None)
     start = time.perf_counter()
     pare.fit(model, split.train, split.val, train, description=f"train {key}")
@@ -229,18 +229,16 @@ def run_model(key: str, spec: dict, quick: bool, work: Path) -> list[dict]:
         )
     ours = work / f"{key}-{DEFAULT_STATIC}" / "model.int8.onnx"
     for b in BATCHES:  # pare against the peer, timed alternately: the comparison the target uses
-        ratio = paired_latency_ratio(
-            ours, peer_paths["ort-quantize_static"], split.input_shape, b, 3 * repeats
-        )
+        ratio = paired_latency_ratio(ours, peer_paths["ort-quantize_static"], split.test.X, b, 3 * repeats)
         next(r for r in rows if r["model"] == key and r["name"] == DEFAULT_STATIC)[
             f"vs_ort_static_batch_{b}"
         ] = ratio
     return rows
 
 
-def paired_latency_ratio(path_a: Path, path_b: Path, input_shape, batch: int, rounds: int) -> float:
+def paired_latency_ratio(path_a: Path, path_b: Path, sample: torch.Tensor, batch: int, rounds: int) -> float:
     a, b = ort_session(path_a, spinning=False), ort_session(path_b, spinning=False)
-    x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+    x = batch_of(sample, batch).numpy()  # real test images, as every other timing here
     return bench.paired_ratio(
         lambda: a.run(None, {"input": x}), lambda: b.run(None, {b.get_inputs()[0].name: x}), rounds
     )
@@ -293,7 +291,6 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
 
 def main():
     args = bench.parse_args("quantization")
-    started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key, spec in MODELS.items():
@@ -323,7 +320,7 @@ def main():
         ],
     )
     bench.print_targets(targets)
-    bench.write("quantization", args.out, rows, targets, started, quick=args.quick)
+    bench.write("quantization", args, rows, targets)
     print(f"\nwritten: {args.out}")
 
 

@@ -53,13 +53,21 @@ def onnx_bytes(path: Path) -> int:
 
 
 # --------------------------------------------------------------------------- 1. MiniLM retrieval
+def smaller(split, **sizes):
+    """``split`` with each part cut to its first ``sizes[part]`` rows (for --quick)."""
+    cut = {k: Part(getattr(split, k).X[:n], getattr(split, k).y[:n]) for k, n in sizes.items()}
+    return dataclasses.replace(split, **cut)
+
+
 def minilm(quick: bool, rows: list, targets: list) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     recipe = load_recipe("minilm_retrieval")
     split = recipe_splits(recipe)[0]
+    if quick:  # the smoke run: every row on a sample of each part
+        split = smaller(split, train=160, val=64, test=120)
     task = get_task("retrieval")
-    test = split.test if not quick else Part(split.test.X[:120], split.test.y[:120])
+    test = split.test
     model = recipe_model(recipe, split).eval()
     batch = task.inputs(test.X[:16])  # 32 texts of 128 tokens
     fp32_path = WORK / "minilm-fp32.onnx"
@@ -153,7 +161,7 @@ def minilm(quick: bool, rows: list, targets: list) -> None:
         "granularity": "per_group",
         "group_size": 64,
         "method": "gptq",
-        "calibration_samples": 64,
+        "calibration_samples": 8 if quick else 64,
     }
     g, ginfo = stage(model, "quantize", gptq_cfg, split)
     packed = bench.export(g, "quantize", gptq_cfg, ginfo, WORK, batch[:1])
@@ -291,7 +299,7 @@ def gpt(quick: bool, rows: list, targets: list) -> None:
                     "method": method,
                     "weight_range": weight_range,
                     "symmetric": False,
-                    "calibration_samples": len(split.train.X),
+                    "calibration_samples": 128 if quick else len(split.train.X),
                 }
                 q, info = stage(model, "quantize", cfg, split)
                 shipped = bench.export(q, "quantize", cfg, info, WORK, split.test.X[:1])
@@ -332,6 +340,8 @@ def lora(quick: bool, rows: list, targets: list) -> None:
 
     recipe = load_recipe("minilm_topics")
     split = recipe_splits(recipe)[0]
+    if quick:
+        split = smaller(split, train=256, val=64, test=len(split.test))
     epochs = 1 if quick else recipe.train.epochs
     full_train = dataclasses.replace(recipe.train, epochs=epochs)
     adapter_train = dataclasses.replace(recipe.train, epochs=epochs, lr=1e-3)
@@ -422,7 +432,6 @@ def lora(quick: bool, rows: list, targets: list) -> None:
 
 def main():
     args = bench.parse_args("transformers")
-    started = time.perf_counter()
     rows: list[dict] = []
     targets: list[dict] = []
     minilm(args.quick, rows, targets)
@@ -453,7 +462,7 @@ def main():
         ],
     )
     bench.print_targets(targets)
-    bench.write("transformers", args.out, rows, targets, started, quick=args.quick)
+    bench.write("transformers", args, rows, targets)
 
 
 if __name__ == "__main__":

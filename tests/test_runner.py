@@ -36,7 +36,10 @@ def test_run_writes_results_report_and_compares_stages(tmp_path, fast_recipe):
     results = pare.run(recipe, tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["stages"][1]["metrics"] == results["stages"][1]["metrics"]
-    assert {"pare_version", "recipe", "seed", "task", "stages"} <= set(on_disk)
+    assert {"pare_version", "recipe", "seed", "task", "stages", "provenance"} <= set(on_disk)
+    prov = on_disk["provenance"]  # run from this checkout: its commit, and the code that ran
+    assert len(prov["commit"]) == 40 and isinstance(prov["dirty"], bool)
+    assert "pare/recipes/runner.py" in prov["sources"] and prov["seconds"] > 0 and prov["started"]
     assert on_disk["task"]["kind"] == "classification" and on_disk["task"]["n_test"] == 360
     base, sparse = on_disk["stages"]
     for stage in (base, sparse):
@@ -64,7 +67,7 @@ def test_run_writes_results_report_and_compares_stages(tmp_path, fast_recipe):
     assert all((w != 0).float().mean() > 0.95 for k, w in weights.items() if w.dim() > 1)
     # the report: tables and embedded plots
     md = (tmp_path / "report.md").read_text()
-    assert "| sparse |" in md and "(plots/pareto.png)" in md
+    assert "| sparse |" in md and "(plots/pareto.png)" in md and f"commit {prov['commit'][:10]}" in md
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and 'src="http' not in page
     for plot in ("training.png", "roc.png", "pareto.png", "confusion-baseline.png"):

@@ -28,7 +28,6 @@ import torch
 import pare
 from pare.config import to_dict
 from pare.cost import profile
-from pare.cost.machine import machine_info
 from pare.data import Split, make_splits
 from pare.errors import ConfigError, PareError
 from pare.export import export_onnx, load_weights_file, onnx_latency, onnx_runner, ort_session, save_weights
@@ -36,6 +35,7 @@ from pare.io import atomic_write_json, load_predictions, save_predictions
 from pare.metrics import majority_accuracy
 from pare.models import build_model
 from pare.progress import console, status
+from pare.provenance import Clock, machine_info
 from pare.recipes.context import StageContext
 from pare.recipes.schema import Recipe, load_recipe
 from pare.registry import techniques
@@ -56,6 +56,7 @@ def run(
     report: bool = True,
 ) -> dict:
     """Run a recipe end to end; returns the results (also written to ``out/results.json``)."""
+    clock = Clock()
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out or Path("runs") / recipe.name)
@@ -122,6 +123,7 @@ def run(
         if stage is None:
             baseline_record = record
         results["stages"].append(record)
+        results["provenance"] = clock.provenance()  # seconds so far: the run may stop at any stage
         atomic_write_json(out / RESULTS, results)
     if report:
         from pare.reporting import write_report

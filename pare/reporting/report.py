@@ -38,7 +38,7 @@ def build(results: dict, out: Path) -> list[tuple]:
                 if task.get("cv_folds")
                 else ""
             )
-            + f". Seed {results['seed']}. pare {results['pare_version']}, torch {m['torch']}, "
+            + f". Seed {results['seed']}. pare {results['pare_version']}{_commit(results)}, torch {m['torch']}, "
             f"ONNX Runtime {m['onnxruntime']}, {m['threads']} threads on {m['cpu']}.",
         ),
         ("h", 2, "Every stage against the baseline"),
@@ -307,3 +307,11 @@ def write_report(results: dict, out: str | Path) -> dict[str, Path]:
     md = atomic_write_text(out / "report.md", render_markdown(blocks, out))
     page = atomic_write_text(out / "report.html", render_html(blocks))
     return {"markdown": md, "html": page}
+
+
+def _commit(results: dict) -> str:
+    """`` (commit abc1234, uncommitted changes)`` when the run came from a git checkout."""
+    prov = results.get("provenance") or {}  # absent in results written before provenance existed
+    if not prov.get("commit"):
+        return ""
+    return f" (commit {prov['commit'][:10]}{', with uncommitted changes' if prov.get('dirty') else ''})"
