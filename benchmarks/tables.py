@@ -298,6 +298,11 @@ def stale(result: dict) -> list[str] | None:
 
 
 def footer(stem: str, result: dict) -> str:
+    if "provenance" not in result:
+        return (
+            f"**STALE**: `benchmarks/results/{stem}.json` records no provenance (written before it was "
+            f"recorded); re-run `python benchmarks/{stem}.py --out benchmarks/results/{stem}.json`."
+        )
     prov, machine = result["provenance"], result["machine"]
     mode = "quick (smoke) run" if result["quick"] else "full run"
     dirty = ", with uncommitted changes" if prov["dirty"] else ""
