@@ -298,10 +298,11 @@ def stale(result: dict) -> list[str] | None:
 
 
 def footer(stem: str, result: dict) -> str:
-    if "provenance" not in result:
+    if not (result.get("provenance") or {}).get("commit"):
         return (
-            f"**STALE**: `benchmarks/results/{stem}.json` records no provenance (written before it was "
-            f"recorded); re-run `python benchmarks/{stem}.py --out benchmarks/results/{stem}.json`."
+            f"**STALE**: `benchmarks/results/{stem}.json` records no commit (written before provenance "
+            f"was recorded, or outside a git checkout); re-run `python benchmarks/{stem}.py --out "
+            f"benchmarks/results/{stem}.json` in this repository."
         )
     prov, machine = result["provenance"], result["machine"]
     mode = "quick (smoke) run" if result["quick"] else "full run"

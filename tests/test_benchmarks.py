@@ -72,6 +72,8 @@ def test_stale_marking_follows_the_recorded_sources():
     assert "**STALE**" in old and "`pare/__init__.py`" in old and "no/such" not in old
     assert "STALE" not in footer(first, [])
     assert "not in this repository" in footer("0" * 40, ["pare/__init__.py"])
+    assert "records no commit" in footer(None, ["pare/__init__.py"])  # run outside a checkout
+    assert "records no commit" in tables.footer("quantization", {"rows": []})  # before provenance
 
 
 @pytest.mark.slow
