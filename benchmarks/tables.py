@@ -332,14 +332,18 @@ def load(stem: str) -> dict:
 
 def render(text: str) -> str:
     """``text`` with every marked table rewritten from its JSON."""
+    runs: dict[str, tuple[dict, str]] = {}  # stem -> (result, footer): read and diffed once per file
 
     def one(match: re.Match) -> str:
         name = match["name"]
         if name not in TABLES:
             raise SystemExit(f"unknown table {name!r} in a marker; known: {', '.join(TABLES)}")
         stem, fn = TABLES[name]
-        result = load(stem)
-        return f"<!-- table: {name} -->\n{fn(result)}\n\n{footer(stem, result)}\n<!-- end table: {name} -->"
+        if stem not in runs:
+            result = load(stem)
+            runs[stem] = result, footer(stem, result)
+        result, foot = runs[stem]
+        return f"<!-- table: {name} -->\n{fn(result)}\n\n{foot}\n<!-- end table: {name} -->"
 
     return MARKER.sub(one, text)
 
