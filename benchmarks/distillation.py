@@ -32,7 +32,8 @@ import pare  # noqa: E402
 from pare.cost import count_params  # noqa: E402
 from pare.evaluate import predict_proba  # noqa: E402
 from pare.export import save_weights  # noqa: E402
-from pare.recipes.schema import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from pare.models.config import ModelConfig  # noqa: E402
+from pare.recipes.schema import DataConfig, TrainConfig  # noqa: E402
 from pare.registry import techniques  # noqa: E402
 
 TEACHER = {"name": "resnet", "args": {"width": 16, "depth": 2, "stages": 3}}

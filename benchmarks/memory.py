@@ -24,10 +24,11 @@ import torch  # noqa: E402
 from _common import parse_args, print_table, print_targets, target, write  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
-# imported here, not in the child process alone, so that the provenance lists them
-from pare.cost.estimate import TrainSetup, estimate_training_memory, measure_training_memory  # noqa: E402
 from pare.cost.memory import state_bytes  # noqa: E402
-from pare.cost.workloads import hf_workload, recipe_workload  # noqa: E402
+
+# imported here, not in the child process alone, so that the provenance lists them
+from pare.estimate.training import TrainSetup, estimate_training_memory, measure_training_memory  # noqa: E402
+from pare.estimate.workloads import hf_workload, recipe_workload  # noqa: E402
 from pare.recipes import load_recipe  # noqa: E402
 
 CONFIGS = [

@@ -33,7 +33,8 @@ from pare.cost import count_flops, count_params  # noqa: E402
 from pare.evaluate import predict_proba  # noqa: E402
 from pare.export import export_onnx, ort_session, save_weights  # noqa: E402
 from pare.metrics import bootstrap_cis  # noqa: E402
-from pare.recipes.schema import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from pare.models.config import ModelConfig  # noqa: E402
+from pare.recipes.schema import DataConfig, TrainConfig  # noqa: E402
 from pare.techniques.prune import PruneConfig  # noqa: E402
 
 MODEL = {"zoo": "resnet", "args": {"width": 64, "depth": 1, "stages": 2}}
@@ -166,7 +167,7 @@ def main():
             size = save_weights(model, work / f"{name}.safetensors")
             nonzero = count_params(model)["nonzero_params"]
             if nonzero < count_params(model)["params"]:  # sparse weights: count them as shipped
-                from pare.techniques.prune.unstructured import save_sparse
+                from pare.formats.sparse import save_sparse
 
                 size = save_sparse(model, work / f"{name}.sparse.safetensors")
             ratio = speedups(model, baseline, split, work, rounds)

@@ -29,8 +29,9 @@ from pare.cost.profile import batch_of  # noqa: E402
 from pare.evaluate import predict_proba, softmax  # noqa: E402
 from pare.export import export_onnx, onnx_latency, onnx_predict, ort_session  # noqa: E402
 from pare.metrics import bootstrap_cis  # noqa: E402
+from pare.models.config import ModelConfig  # noqa: E402
 from pare.recipes.context import StageContext  # noqa: E402
-from pare.recipes.schema import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from pare.recipes.schema import DataConfig, TrainConfig  # noqa: E402
 from pare.techniques.quantize import MixedPrecisionConfig, QuantizeConfig  # noqa: E402
 from pare.techniques.quantize.apply import calibration_batches, export  # noqa: E402
 

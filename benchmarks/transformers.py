@@ -37,7 +37,7 @@ from pare.cost import count_params, time_calls  # noqa: E402
 from pare.data import Part  # noqa: E402
 from pare.export import export_onnx, onnx_runner, ort_session, save_weights  # noqa: E402
 from pare.recipes import load_recipe  # noqa: E402
-from pare.recipes.runner import recipe_model, recipe_splits  # noqa: E402
+from pare.recipes.pipeline import recipe_model, recipe_splits  # noqa: E402
 from pare.seeding import seed_everything  # noqa: E402
 from pare.tasks import get_task  # noqa: E402
 

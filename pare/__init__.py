@@ -9,8 +9,6 @@ The Python API mirrors the CLI::
     cost = pare.profile(model, example)                    # params, FLOPs, latency, memory
 """
 
-__version__ = "0.1.0"
-
 from pare.cost import profile  # noqa: E402
 from pare.data import load_dataset, make_splits  # noqa: E402
 from pare.errors import ConfigError, DataError, PareError, UnsupportedModelError  # noqa: E402
@@ -20,6 +18,7 @@ from pare.recipes import load_recipe  # noqa: E402
 from pare.recipes.runner import run  # noqa: E402
 from pare.registry import register, techniques  # noqa: E402
 from pare.training import fit, lr_find  # noqa: E402
+from pare.version import __version__  # noqa: E402,F401
 
 
 def compress(model, config, split, *, baseline=None, train=None, seed: int = 0, out_dir=None):

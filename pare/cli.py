@@ -44,7 +44,7 @@ def _cmd_lr_find(args) -> None:
     from pare.errors import ConfigError
     from pare.io import atomic_write_json
     from pare.recipes import load_recipe
-    from pare.recipes.runner import recipe_model, recipe_splits
+    from pare.recipes.pipeline import recipe_model, recipe_splits
     from pare.reporting.plots import lr_find_plot
     from pare.training import lr_find
 
@@ -93,8 +93,8 @@ def _cmd_techniques(args) -> None:
 def _cmd_estimate_memory(args) -> None:
     from rich.table import Table
 
-    from pare.cost.estimate import TrainSetup, estimate_training_memory, measure_training_memory
-    from pare.cost.workloads import hf_workload, recipe_workload
+    from pare.estimate.training import TrainSetup, estimate_training_memory, measure_training_memory
+    from pare.estimate.workloads import hf_workload, recipe_workload
     from pare.progress import console
     from pare.reporting.format import fmt_bytes
 

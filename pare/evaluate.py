@@ -55,4 +55,10 @@ def evaluate(
     )
 
 
-__all__ = ["Evaluation", "evaluate", "predict_proba", "score", "softmax"]
+def validation_metrics(model: nn.Module, split) -> dict[str, float]:
+    """The task's metrics on a split's validation part, without intervals: what techniques and
+    searches choose by (test data is for the final measurement only)."""
+    return evaluate(model, split.val, split.classes, task=split.kind, bootstrap=0).metrics
+
+
+__all__ = ["Evaluation", "evaluate", "predict_proba", "score", "softmax", "validation_metrics"]

@@ -48,9 +48,7 @@ def unregister(name: str) -> None:
 
 
 def techniques() -> dict[str, Technique]:
-    """Every registered technique (the built-in ones are imported on first use)."""
-    import pare.techniques  # noqa: F401  (registers the built-in techniques)
-
+    """Every registered technique (importing ``pare`` registers the built-in ones)."""
     return dict(_REGISTRY)
 
 

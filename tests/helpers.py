@@ -4,7 +4,8 @@ import torch
 
 import pare
 from pare.evaluate import predict_proba
-from pare.recipes.schema import ModelConfig, TrainConfig
+from pare.models.config import ModelConfig
+from pare.recipes.schema import TrainConfig
 
 
 def trained(split, name=None, factory=None, epochs=6, lr=3e-3, seed=0, **args):

@@ -13,7 +13,7 @@ from pare.cost import (
 )
 from pare.export import export_onnx, onnx_predict, ort_session, save_weights
 from pare.models import build_model
-from pare.recipes.schema import ModelConfig
+from pare.models.config import ModelConfig
 
 
 def test_params_and_nonzeros():

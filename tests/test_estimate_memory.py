@@ -12,9 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pare.cli import main
-from pare.cost.estimate import TrainSetup, Workload, estimate_training_memory, measure_training_memory
-from pare.cost.workloads import hf_workload, recipe_workload
 from pare.errors import ConfigError, UnsupportedModelError
+from pare.estimate.training import TrainSetup, Workload, estimate_training_memory, measure_training_memory
+from pare.estimate.workloads import hf_workload, recipe_workload
 from pare.recipes import load_recipe
 
 GPT2 = {
@@ -130,7 +130,7 @@ def test_estimate_within_ten_percent_of_resident_memory(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**GPT2, "n_layer": 4, "n_embd": 256, "vocab_size": 8000, "n_positions": 256}))
     code = (
-        "import json,sys; from pare.cost.estimate import *; from pare.cost.workloads import hf_workload;"
+        "import json,sys; from pare.estimate.training import *; from pare.estimate.workloads import hf_workload;"
         "w=hf_workload(sys.argv[1], seq_len=256); s=TrainSetup(batch_size=8);"
         "m=measure_training_memory(w,s); e=estimate_training_memory(w,s);"
         "print(json.dumps([e['total'], m['rss_peak_increase']]))"

@@ -4,7 +4,7 @@ from safetensors.torch import save_file
 
 from pare.errors import UnsupportedModelError
 from pare.models import ZOO, build_model
-from pare.recipes.schema import ModelConfig
+from pare.models.config import ModelConfig
 
 IMAGE, VECTOR = (1, 8, 8), (30,)
 

@@ -166,8 +166,29 @@ def test_cross_validation_reports_mean_and_std(tmp_path, fast_recipe):
     assert base["metrics_std"]["accuracy"] == pytest.approx(np.std(accs, ddof=1))
     assert base["metrics"]["accuracy"] > 0.85
     assert len(results["stages"][1]["folds"]) == 5
-    assert len(list((tmp_path / "stages" / "01-zero_smallest-1").glob("model-fold*.safetensors"))) == 5
+    assert len(list((tmp_path / "stages" / "01-zero_smallest-1").glob("fold*/model.safetensors"))) == 5
     assert "±" in (tmp_path / "report.md").read_text()
+
+
+def test_cross_validation_ships_each_fold_into_its_own_folder(tmp_path, fast_recipe):
+    """Every fold's export lands in its own folder; the stage's size and ONNX Runtime figures
+    come from fold 0's artifact (they once came from whichever fold wrote the shared file last)."""
+    recipe = fast_recipe(
+        data={"source": "wine", "cv_folds": 3},
+        train={"epochs": 3, "batch_size": 16},
+        stages=[{"technique": "ship_onnx"}],
+    )
+    results = pare.run(recipe, tmp_path, report=False)
+    stage = results["stages"][1]
+    folder = tmp_path / "stages" / "01-ship_onnx-1"
+    shipped = [folder / f"fold{k}" / "shipped.onnx" for k in range(3)]
+    assert all(p.exists() for p in shipped) and not (folder / "shipped.onnx").exists()
+    assert len({p.read_bytes() for p in shipped}) == 3  # three folds, three different models
+    assert stage["artifact"] == "stages/01-ship_onnx-1/fold0/shipped.onnx"
+    assert stage["cost"]["size_bytes"] == shipped[0].stat().st_size
+    assert stage["cost"]["onnx_top1_agreement"] == 1.0
+    resumed = pare.run(recipe, tmp_path, resume=True, report=False)  # every fold reloads its own weights
+    assert resumed["stages"][1]["metrics"] == stage["metrics"]
 
 
 def test_csv_dataset_end_to_end(tmp_path, fast_recipe):

@@ -3,7 +3,7 @@ import torch.nn as nn
 
 from pare.errors import ConfigError
 from pare.models import build_model
-from pare.recipes.schema import ModelConfig
+from pare.models.config import ModelConfig
 from pare.selection import layer_options, select_layers
 
 

@@ -5,7 +5,8 @@ import torch
 
 from pare.errors import PareError
 from pare.models import build_model
-from pare.recipes.schema import ModelConfig, TrainConfig
+from pare.models.config import ModelConfig
+from pare.recipes.schema import TrainConfig
 from pare.training import Hook, fit, loss_and_accuracy, lr_find
 
 

@@ -4,7 +4,7 @@ CPU allocators keep no peak counter (``torch.cuda.max_memory_allocated`` is CUDA
 dispatch mode records each new storage's bytes and a finalizer subtracts them when it is freed.
 This counts tensor memory exactly and deterministically; allocator slack and Python objects are
 not included. Under ``FakeTensorMode`` the same count simulates a computation without running
-it (see ``pare.cost.estimate``).
+it (see ``pare.estimate.training``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pare.io import atomic_write
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_export():
     """The exporter logs every step and warns about optional packages; keep the terminal clean."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
     levels = [logger.level for logger in loggers]
@@ -39,7 +39,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> in
     path = Path(path)
 
     def write(tmp: str) -> None:
-        with _quiet():
+        with quiet_export():
             torch.onnx.export(
                 model,
                 (example,),

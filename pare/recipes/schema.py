@@ -13,6 +13,10 @@ import yaml
 
 from pare.config import did_you_mean, from_dict, param, to_dict
 from pare.errors import ConfigError
+from pare.models import check_model_config
+from pare.models.config import ModelConfig
+from pare.registry import techniques
+from pare.techniques import BUILTIN  # noqa: F401  (importing registers the built-in techniques)
 
 DataSource = Literal[
     "digits",
@@ -63,24 +67,6 @@ class DataConfig:
                 f"data.image_size: {list(self.image_size)!r} must be two positive numbers [height, width]"
             )
         return problems
-
-
-@dataclass
-class ModelConfig:
-    name: str | None = None  # a zoo model ...
-    factory: str | None = None  # ... or "package.module:function" returning an nn.Module ...
-    hf: str | None = None  # ... or a local Hugging Face model directory (or a package carrying one)
-    args: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None
-
-    def check(self) -> list[str]:
-        given = [k for k in ("name", "factory", "hf") if getattr(self, k) is not None]
-        if len(given) != 1:
-            return [
-                f"model: give exactly one of name (a zoo model), factory ('package.module:function') or hf "
-                f"(a Hugging Face model directory); got {', '.join(given) or 'none'}"
-            ]
-        return []
 
 
 @dataclass
@@ -148,9 +134,6 @@ def builtin_recipes() -> dict[str, Path]:
 
 def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
     """Validate a whole recipe, collecting every problem (sections, stages, model options)."""
-    from pare.models import check_model_config
-    from pare.registry import techniques
-
     TECHNIQUES = techniques()
 
     if not isinstance(data, dict):

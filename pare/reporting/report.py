@@ -126,7 +126,7 @@ def build(results: dict, out: Path) -> list[tuple]:
         blocks.append(("table", ["stage", *titles], deltas))
     curves = {}
     for s in stages if task["kind"] == "classification" else ():
-        folds = load_predictions(out / Path(s["artifact"]).parent)
+        folds = load_predictions(out.joinpath(*Path(s["artifact"]).parts[:2]))  # stages/NN-name
         if folds:
             curves[s["name"]] = roc_curves(*folds[0], classes)
     if any(curves.values()):

@@ -20,12 +20,14 @@ import yaml
 from pare.errors import ConfigError, PareError
 from pare.io import atomic_write_json, atomic_write_text
 from pare.progress import console
-from pare.recipes.runner import recipe_splits, run, train_baseline
+from pare.recipes.pipeline import recipe_splits, train_baseline
+from pare.recipes.runner import run
 from pare.recipes.schema import Recipe, recipe_from_dict
 from pare.registry import techniques
 from pare.search import candidate
 from pare.search.space import ARCHITECTURES, sample, technique_order, technique_space
 from pare.search.study import constraint_values, open_study
+from pare.tasks import get_task
 from pare.training.hooks import Hook
 
 
@@ -209,7 +211,7 @@ def _evaluate(trial, raw, split, out, base, limits, objectives, baseline=None, h
     except PareError as e:
         trial.set_user_attr("error", str(e))
         raise
-    r["drop"] = candidate.drop_points(base["quality"], r["quality"], r["higher_is_better"])
+    r["drop"] = get_task(split.kind).drop(base["quality"], r["quality"])
     r["constraints"] = limits.violations(r)
     for k, v in r.items():
         trial.set_user_attr(k, v)

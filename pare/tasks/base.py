@@ -18,10 +18,47 @@ class Evaluation:
 
 
 class Task:
+    """Everything that differs between task kinds: the loss, what a model outputs, the metrics
+    and their direction, what a drop means, the baseline's diagnosis. A new kind is one subclass
+    registered in ``pare.tasks`` (plus a data loader)."""
+
     kind = ""
     headline = ""  # the validation metric techniques optimise
     higher_is_better = True
+    drop_unit = "points"  # "points": 100 x the difference of a [0, 1] metric; "percent": relative
     summary_metrics: tuple[str, ...] = ()  # the columns a person scans first
+
+    def describe(self, split) -> str:
+        """A few words on what the split asks of a model, for progress lines."""
+        return self.kind.replace("_", " ")
+
+    def drop(self, base: float, value: float) -> float:
+        """How much worse ``value`` of the headline metric is than ``base`` (negative: better),
+        in ``drop_unit``. The one definition of points against percent."""
+        worse = base - value if self.higher_is_better else value - base
+        return 100.0 * (worse if self.drop_unit == "points" else worse / abs(base))
+
+    def signed(self, value: float) -> float:
+        """The headline value turned so that higher is better (what searches maximise)."""
+        return value if self.higher_is_better else -value
+
+    def diagnose(self, model, split) -> dict | None:
+        """Over- and underfitting flags for a trained baseline (None: this kind has none)."""
+        return None
+
+    @torch.no_grad()
+    def loss_and_accuracy(self, model, part, batch_size: int = 512) -> tuple[float, float]:
+        """Mean loss and mean ``hits`` of ``model`` over a part, in eval mode."""
+        was_training = model.training
+        model.eval()
+        total_loss, correct = 0.0, 0.0
+        for i in range(0, len(part), batch_size):
+            x, y = part.X[i : i + batch_size], part.y[i : i + batch_size]
+            outputs = model(self.inputs(x))
+            total_loss += self.loss(outputs, y).item() * len(y)
+            correct += self.hits(outputs, y)
+        model.train(was_training)
+        return total_loss / len(part), correct / len(part)
 
     def inputs(self, X: torch.Tensor) -> torch.Tensor:
         """The model's input for rows of a part's ``X``."""

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
-from pare.metrics import bootstrap_cis, bootstrap_deltas, classification_details, classification_metrics
+from pare.metrics import (
+    bootstrap_cis,
+    bootstrap_deltas,
+    classification_details,
+    classification_metrics,
+    majority_accuracy,
+)
 from pare.tasks.base import Evaluation, Task, batched
 
 
@@ -19,6 +25,40 @@ class Classification(Task):
     kind = "classification"
     headline = "accuracy"
     summary_metrics = ("accuracy", "f1_macro", "roc_auc")
+
+    def describe(self, split):
+        return f"{split.num_classes} classes"
+
+    def diagnose(self, model, split):
+        """Overfitting: training accuracy more than 5 points above validation. Underfitting:
+        validation accuracy closes less than half the gap between always predicting the
+        majority class and perfect accuracy (both in eval mode)."""
+        train_loss, train_acc = self.loss_and_accuracy(model, split.train)
+        val_loss, val_acc = self.loss_and_accuracy(model, split.val)
+        majority = majority_accuracy(split.train.y.numpy(), split.val.y.numpy())
+        over = train_acc - val_acc > 0.05
+        under = val_acc < majority + 0.5 * (1 - majority)
+        notes = []
+        if over:
+            notes.append(
+                f"overfitting: train accuracy {train_acc:.3f} vs validation {val_acc:.3f}; "
+                f"try weight decay, dropout, fewer epochs or more data"
+            )
+        if under:
+            notes.append(
+                f"underfitting: validation accuracy {val_acc:.3f} is close to always predicting the "
+                f"majority class ({majority:.3f}); train longer, raise the learning rate or widen the model"
+            )
+        return {
+            "train_accuracy": train_acc,
+            "val_accuracy": val_acc,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "majority_accuracy": majority,
+            "overfitting": over,
+            "underfitting": under,
+            "notes": notes,
+        }
 
     def loss(self, outputs, y):
         return F.cross_entropy(outputs, y)

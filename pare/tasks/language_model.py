@@ -28,6 +28,7 @@ class LanguageModel(Task):
     kind = "language_model"
     headline = "perplexity"
     higher_is_better = False
+    drop_unit = "percent"
     summary_metrics = ("perplexity", "token_accuracy", "nll")
 
     def loss(self, outputs, y):

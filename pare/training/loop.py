@@ -75,16 +75,7 @@ def loss_and_accuracy(
     model: nn.Module, part: Part, batch_size: int = 512, task: str = "classification"
 ) -> tuple[float, float]:
     """Mean loss and accuracy (for retrieval: in-batch top-1) of ``model`` on ``part``."""
-    t = get_task(task)
-    was_training = model.training
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for x, y in batches(part, batch_size):
-        outputs = model(t.inputs(x))
-        total_loss += t.loss(outputs, y).item() * len(y)
-        correct += t.hits(outputs, y)
-    model.train(was_training)
-    return total_loss / len(part), correct / len(part)
+    return get_task(task).loss_and_accuracy(model, part, batch_size)
 
 
 def fit(

@@ -12,16 +12,18 @@ import pare
 from pare.cost import count_flops, count_params
 from pare.errors import ConfigError, UnsupportedModelError
 from pare.export import export_onnx, onnx_predict, ort_session, save_weights
+from pare.formats.sparse import load_sparse, save_sparse
+from pare.graph.surgery import channel_groups, reshape, shrink
+from pare.graph.tracing import trace
+from pare.models.config import ModelConfig
 from pare.recipes import recipe_from_dict
-from pare.recipes.schema import ModelConfig, TrainConfig
+from pare.recipes.schema import TrainConfig
 from pare.techniques.prune import PruneConfig
 from pare.techniques.prune.apply import schedule
 from pare.techniques.prune.blocks import drop, residual_blocks
 from pare.techniques.prune.criteria import activation_entropy, channel_scores
-from pare.techniques.prune.dependency import trace
-from pare.techniques.prune.structured import channel_groups, reshape, shrink
 from pare.techniques.prune.transformer import attention_heads, ffn_neurons
-from pare.techniques.prune.unstructured import load_sparse, n_m_masks, save_sparse, threshold_masks
+from pare.techniques.prune.unstructured import n_m_masks, threshold_masks
 from tests.helpers import trained
 
 

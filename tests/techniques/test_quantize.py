@@ -12,12 +12,12 @@ import pare
 from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.evaluate import predict_proba
 from pare.export import onnx_predict, ort_session
+from pare.formats.packed import load_packed
 from pare.recipes import recipe_from_dict
 from pare.recipes.schema import TrainConfig
 from pare.techniques.quantize import QuantizeConfig
 from pare.techniques.quantize.apply import export, restore
 from pare.techniques.quantize.config import MixedPrecisionConfig
-from pare.techniques.quantize.pack import load_packed
 from tests.helpers import accuracy, trained
 
 
@@ -357,8 +357,8 @@ def test_dynamic_int8_keeps_position_tables_float_and_excludes_tables_by_name():
 
 def test_gptq_damps_a_singular_hessian_and_names_a_hopeless_one():
     from pare.errors import PareError
+    from pare.formats.schemes import WeightSpec, quantize_weight
     from pare.techniques.quantize.calibrated import gptq
-    from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
 
     torch.manual_seed(0)
     w = torch.randn(8, 16)
@@ -373,8 +373,8 @@ def test_gptq_damps_a_singular_hessian_and_names_a_hopeless_one():
 
 
 def test_gptq_with_input_drift_aims_at_the_float_outputs():
+    from pare.formats.schemes import WeightSpec
     from pare.techniques.quantize.calibrated import InputStats, collect_paired_stats, gptq
-    from pare.techniques.quantize.quantizers import WeightSpec
 
     torch.manual_seed(0)
     x_ref = torch.randn(4096, 32)  # what the layer sees in the float model

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from pare.formats.packed import dequantize, pack_bits, unpack_bits
+from pare.formats.schemes import WeightSpec, affine_params, fake_quant, qrange, quantize_weight
 from pare.techniques.quantize.observers import Observer
-from pare.techniques.quantize.pack import dequantize, pack_bits, unpack_bits
-from pare.techniques.quantize.quantizers import WeightSpec, affine_params, fake_quant, qrange, quantize_weight
 
 
 @pytest.fixture

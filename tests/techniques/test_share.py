@@ -11,12 +11,12 @@ import pare
 from pare.config import from_dict
 from pare.errors import ConfigError
 from pare.export import save_weights
+from pare.formats.codebook import hash_tying, kmeans_1d
+from pare.formats.packed import load_packed
 from pare.techniques.prune import PruneConfig
-from pare.techniques.quantize.pack import load_packed
-from pare.techniques.quantize.quantizers import kmeans_1d
 from pare.techniques.share import ShareConfig
 from pare.techniques.share.apply import export
-from pare.techniques.share.tying import TiedWeights, group_mean, hash_tying, kmeans_tying
+from pare.techniques.share.tying import TiedWeights, group_mean, kmeans_tying
 from pare.training import TrainState
 from tests.helpers import accuracy, trained
 

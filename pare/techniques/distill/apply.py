@@ -12,16 +12,15 @@ import torch.nn as nn
 from pare.config import did_you_mean
 from pare.cost import count_params
 from pare.errors import ConfigError, UnsupportedModelError
+from pare.graph.surgery import reshape
 from pare.models import build_model
+from pare.models.config import ModelConfig
 from pare.progress import console
-from pare.recipes.schema import ModelConfig
-from pare.registry import register
+from pare.registry import register, techniques
 from pare.selection import listing
 from pare.tasks import get_task
 from pare.techniques.distill.config import DistillConfig, FeatureConfig, StudentConfig
 from pare.techniques.distill.hook import Adapter, Captures, DistillHook, TeacherBank, last_linear
-from pare.techniques.prune.config import PruneConfig
-from pare.techniques.prune.structured import reshape
 
 
 def distill(model: nn.Module, config: DistillConfig, ctx):
@@ -199,10 +198,10 @@ def _student(teacher: nn.Module, spec: StudentConfig | None, ctx) -> tuple[nn.Mo
             "student": spec.name or spec.factory
         }
     # a thinner copy of the teacher: its weakest channels removed by structured pruning
-    from pare.techniques.prune.apply import prune
-
-    shrink = PruneConfig(method="structured", target="params", amount=1 - spec.shrink, criterion="l1")
-    student, pruned = prune(copy.deepcopy(teacher), shrink, ctx)
+    # (asked of the registry by name: a technique never imports another)
+    prune = techniques()["prune"]
+    shrink = prune.config_cls(method="structured", target="params", amount=1 - spec.shrink, criterion="l1")
+    student, pruned = prune.apply(copy.deepcopy(teacher), shrink, ctx)
     return student, {
         "student": f"teacher shrunk to {spec.shrink:.0%} of its parameters",
         "student_shapes": pruned["shapes"],

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pare.config import param
+from pare.models import check_model_config
 
 
 @dataclass
@@ -27,8 +28,6 @@ class StudentConfig:
                 f"shrink (a fraction of the teacher's parameters); got {given or 'none'}"
             ]
         if self.shrink is None:
-            from pare.models import check_model_config
-
             return [p.removeprefix("model.") for p in check_model_config(self)]
         if self.args or self.weights:
             return ["args and weights describe a new model; a shrunk teacher takes neither"]
@@ -52,8 +51,6 @@ class TeacherConfig:
         if len(given) != 1:
             return [f"give exactly one of stage, name or factory; got {given or 'none'}"]
         if self.stage is None:
-            from pare.models import check_model_config
-
             return [p.removeprefix("model.") for p in check_model_config(self)]
         return []
 

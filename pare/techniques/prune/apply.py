@@ -11,19 +11,19 @@ import torch.nn as nn
 
 from pare.cost import count_flops, count_params
 from pare.errors import UnsupportedModelError
+from pare.formats.sparse import save_sparse
+from pare.graph.surgery import channel_groups, reshape, shapes, shrink
+from pare.graph.tracing import trace
 from pare.registry import register
 from pare.selection import select_layers
 from pare.tasks import get_task
 from pare.techniques.prune import criteria, transformer
 from pare.techniques.prune.blocks import drop, residual_blocks
 from pare.techniques.prune.config import PruneConfig
-from pare.techniques.prune.dependency import trace
-from pare.techniques.prune.structured import channel_groups, reshape, shapes, shrink
 from pare.techniques.prune.unstructured import (
     KeepMasks,
     SparsityPenalty,
     n_m_masks,
-    save_sparse,
     threshold_masks,
 )
 from pare.training import batches

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pare.graph.surgery import sliced
 from pare.selection import replace_module
-from pare.techniques.prune.structured import _sliced
 
 
 @dataclass
@@ -58,9 +58,9 @@ class Units:
         for name in self.inputs:
             m = model.get_submodule(name)
             rows = [b * inner + c for b in range(self.blocks) for c in cols]
-            replace_module(model, name, _sliced(m, rows, list(range(m.in_features))))
+            replace_module(model, name, sliced(m, rows, list(range(m.in_features))))
         m = model.get_submodule(self.output)
-        replace_module(model, self.output, _sliced(m, list(range(m.out_features)), cols))
+        replace_module(model, self.output, sliced(m, list(range(m.out_features)), cols))
 
 
 def _linear(m: nn.Module, path: str) -> bool:

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 
 from pare.errors import ConfigError, DataError, UnsupportedModelError
+from pare.formats.packed import save_packed
+from pare.formats.schemes import WeightSpec, quantize_weight
 from pare.progress import console
 from pare.registry import register
 from pare.selection import layer_options, matches, replace_module, select_layers
@@ -27,8 +29,6 @@ from pare.techniques.quantize.calibrated import (
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import embedding_int8, export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
-from pare.techniques.quantize.pack import save_packed
-from pare.techniques.quantize.quantizers import WeightSpec, quantize_weight
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 

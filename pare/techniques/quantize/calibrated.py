@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from pare.errors import PareError
-from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec, qrange, quantize_weight
+from pare.formats.schemes import QuantizedWeight, WeightSpec, qrange, quantize_weight
 
 
 class InputStats:

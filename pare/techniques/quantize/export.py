@@ -19,7 +19,7 @@ import torch.nn as nn
 from onnx import helper, numpy_helper
 
 from pare.errors import UnsupportedModelError
-from pare.export.onnx import _quiet
+from pare.export.onnx import quiet_export
 from pare.io import atomic_write
 
 OPSET = 17
@@ -41,7 +41,7 @@ def export_legacy(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     import tempfile
 
     model = _Wrap(model).eval()
-    with tempfile.TemporaryDirectory() as tmp, _quiet(), torch.no_grad():
+    with tempfile.TemporaryDirectory() as tmp, quiet_export(), torch.no_grad():
         path = Path(tmp) / "m.onnx"
         try:
             torch.onnx.export(

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pare.errors import PareError
+from pare.formats.schemes import QuantizedWeight, WeightSpec, affine_params, quantize_weight
 from pare.techniques.quantize.observers import Observer
-from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec, affine_params, quantize_weight
 from pare.training.hooks import Hook
 
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations: what ONNX Runtime's x86 int8 kernels take
@@ -46,7 +46,7 @@ class QuantLayer(nn.Module):
         """Re-quantize from ``base.weight`` (after calibration or training changed it); pinned
         codes (GPTQ, AWQ) are kept and only decoded again."""
         if hasattr(self, "pinned_codes"):
-            from pare.techniques.quantize.pack import dequantize
+            from pare.formats.packed import dequantize
 
             params = {k: getattr(self, f"pinned_{k}") for k in self.pinned_keys}
             w = dequantize(self.pinned_codes, params, self.spec, self.base.weight.shape)

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from pare.formats.codebook import hash_size, hash_tying
+from pare.formats.packed import save_packed
+from pare.formats.schemes import QuantizedWeight, WeightSpec
 from pare.registry import register
 from pare.selection import select_layers
-from pare.techniques.quantize.pack import save_packed
-from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec
 from pare.techniques.share.config import ShareConfig
-from pare.techniques.share.tying import TiedWeights, hash_size, hash_tying, kmeans_tying, tie
+from pare.techniques.share.tying import TiedWeights, kmeans_tying, tie
 
 
 def layer_seed(seed: int, name: str) -> int:

@@ -8,20 +8,10 @@ with SGD or Adam, equal values that receive equal updates stay equal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from pare.techniques.quantize.quantizers import kmeans_1d, nearest
+from pare.formats.codebook import Tying, expand, kmeans_1d, nearest
 from pare.training import Hook
-
-
-@dataclass
-class Tying:
-    codes: torch.Tensor  # int64, the weight's shape: which shared value each weight uses
-    size: int  # number of shared values
-    signs: torch.Tensor | None = None  # +-1 per weight (hashing), None for all +1
-    frozen: int | None = None  # a code whose value stays exactly zero (pruned weights)
 
 
 def kmeans_tying(w: torch.Tensor, clusters: int, keep_zeros: bool, seed: int) -> Tying:
@@ -37,18 +27,6 @@ def kmeans_tying(w: torch.Tensor, clusters: int, keep_zeros: bool, seed: int) ->
     return Tying(codes.reshape(w.shape), len(centroids))
 
 
-def hash_size(numel: int, compression: float) -> int:
-    return max(1, round(numel / compression))
-
-
-def hash_tying(shape, size: int, seed: int) -> Tying:
-    """A seeded pseudo-random code and sign per position: nothing to store but the seed."""
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(size, tuple(shape), generator=g)
-    signs = torch.randint(2, tuple(shape), generator=g).float() * 2 - 1
-    return Tying(codes, size, signs)
-
-
 def group_mean(x: torch.Tensor, t: Tying) -> torch.Tensor:
     """Per shared value, the mean of ``sign * x`` over its weights (0 for an empty group)."""
     signed = x if t.signs is None else x * t.signs
@@ -58,11 +36,6 @@ def group_mean(x: torch.Tensor, t: Tying) -> torch.Tensor:
     if t.frozen is not None:
         out[t.frozen] = 0
     return out
-
-
-def expand(values: torch.Tensor, t: Tying) -> torch.Tensor:
-    w = values[t.codes]
-    return w if t.signs is None else w * t.signs
 
 
 @torch.no_grad()

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from pare.config import did_you_mean
-from pare.cost.estimate import Workload
 from pare.errors import UnsupportedModelError
+from pare.estimate.training import Workload
 
 
 def recipe_workload(recipe, seq_len: int | None = None) -> Workload:
     """The recipe's model (built untrained; a Hugging Face model from its config) on its task."""
     from pare.models import build_model
-    from pare.recipes.runner import recipe_splits
+    from pare.recipes.pipeline import recipe_splits
     from pare.tasks import get_task
 
     split = recipe_splits(recipe)[0]

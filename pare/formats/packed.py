@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from pare.export.weights import load_tensors, save_tensors
-from pare.techniques.quantize.quantizers import QuantizedWeight, WeightSpec
+from pare.formats.codebook import expand, hash_tying
+from pare.formats.schemes import QuantizedWeight, WeightSpec
 
 DEFAULT_SPEC = WeightSpec()  # the header records only the fields that differ from it
 
@@ -116,8 +117,6 @@ def load_packed(model: nn.Module, path: Path) -> nn.Module:
         if info is None:
             state[name] = tensors[name]
         elif info["scheme"] == "hashed":
-            from pare.techniques.share.tying import expand, hash_tying
-
             values = tensors[f"{name}.values"]
             state[name] = expand(values, hash_tying(info["shape"], len(values), info["seed"])).to(value.dtype)
         elif info["bits"] == 16:

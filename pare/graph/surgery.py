@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pare.graph.tracing import Graph
 from pare.selection import replace_module
-from pare.techniques.prune.dependency import Graph
 
 
 @dataclass
@@ -67,7 +67,7 @@ def shrink(model: nn.Module, remove: list[ChannelGroup]) -> dict[str, dict]:
         m = model.get_submodule(name)
         out_keep = _keep(_out_size(m), drop_out.get(name, set()))
         in_keep = _keep(_in_size(m), drop_in.get(name, set())) if _in_size(m) is not None else None
-        replace_module(model, name, _sliced(m, out_keep, in_keep))
+        replace_module(model, name, sliced(m, out_keep, in_keep))
         kept[name] = {"out": out_keep, "in": in_keep}
     return kept
 
@@ -96,7 +96,7 @@ def _in_size(m: nn.Module) -> int | None:
     return None
 
 
-def _sliced(m: nn.Module, out_keep: list[int], in_keep: list[int] | None) -> nn.Module:
+def sliced(m: nn.Module, out_keep: list[int], in_keep: list[int] | None) -> nn.Module:
     o = torch.tensor(out_keep, dtype=torch.long)
     i = torch.tensor(in_keep, dtype=torch.long) if in_keep is not None else None
     if isinstance(m, nn.Conv2d):
@@ -164,5 +164,5 @@ def reshape(model: nn.Module, target: dict[str, dict]) -> nn.Module:
             continue
         out_keep = list(range(size["out"]))
         in_keep = list(range(size["in"])) if "in" in size and size.get("groups", 1) == 1 else None
-        replace_module(model, name, _sliced(m, out_keep, in_keep))
+        replace_module(model, name, sliced(m, out_keep, in_keep))
     return model

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
+
+from pare.formats.codebook import kmeans_1d, nearest
 
 
 @dataclass
@@ -127,28 +128,6 @@ def quantize_pow2(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:
     idx = torch.where(zero, torch.zeros_like(e), e - e_min[:, None] + 1)  # 0 = zero, 1.. = exponent
     codes = (idx * torch.where(flat < 0, -1, 1)).to(torch.int32)
     return QuantizedWeight(deq.reshape(w.shape), codes.reshape(w.shape), {"e_min": e_min}, spec.bits)
-
-
-def kmeans_1d(values: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """At most ``k`` sorted centroids of 1-D ``values``; exact when they hold ``k`` or fewer
-    distinct numbers (so clustering an already shared layer changes nothing)."""
-    from sklearn.cluster import KMeans
-
-    distinct = np.unique(values)
-    if len(distinct) <= k:
-        return distinct
-    rng = np.random.default_rng(seed)
-    sample = values if len(values) <= 20000 else rng.choice(values, 20000, replace=False)
-    # initialise on quantiles: deterministic and already close for bell-shaped weights
-    init = np.unique(np.quantile(sample, (np.arange(k) + 0.5) / k)).reshape(-1, 1)
-    km = KMeans(n_clusters=len(init), init=init, n_init=1, max_iter=100, random_state=seed)
-    return np.sort(km.fit(sample.reshape(-1, 1)).cluster_centers_.ravel())
-
-
-def nearest(values: torch.Tensor, centroids: np.ndarray) -> torch.Tensor:
-    """Index of the closest centroid for every value (same shape as ``values``)."""
-    table = torch.as_tensor(centroids, dtype=values.dtype)
-    return (values.reshape(-1, 1) - table[None, :]).abs().argmin(1).reshape(values.shape)
 
 
 def quantize_codebook(w: torch.Tensor, spec: WeightSpec, seed: int = 0) -> QuantizedWeight:

@@ -1,0 +1,2 @@
+"""Graph surgery shared by techniques: channel tracing with torch.fx (``tracing``) and
+rebuilding layers with fewer channels (``surgery``)."""
