@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from pare.errors import DataError
 
@@ -115,12 +115,16 @@ def split_dataset(ds: Dataset, *, val: float, test: float, seed: int, standardiz
 
 
 def kfold_splits(ds: Dataset, *, folds: int, val: float, seed: int, standardize: bool) -> list[Split]:
-    """K stratified folds; each fold tests on its held-out part and carves validation from the rest."""
-    _check_class_counts(ds, needed=folds)
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    """K folds (stratified for classes); each fold tests on its held-out part and carves
+    validation from the rest."""
+    stratify = ds.kind == "classification"
+    if stratify:
+        _check_class_counts(ds, needed=folds)
+    kind = StratifiedKFold if stratify else KFold
     splits = []
-    for i, (rest, test_idx) in enumerate(skf.split(np.zeros(len(ds.y)), ds.y)):
-        train_idx, val_idx = train_test_split(rest, test_size=val, stratify=ds.y[rest], random_state=seed + i)
+    for i, (rest, test_idx) in enumerate(kind(folds, shuffle=True, random_state=seed).split(ds.X, ds.y)):
+        strata = ds.y[rest] if stratify else None
+        train_idx, val_idx = train_test_split(rest, test_size=val, stratify=strata, random_state=seed + i)
         split = _make_split(ds, train_idx, val_idx, test_idx, standardize=standardize)
         split.fold = i
         splits.append(split)
@@ -145,9 +149,15 @@ def _make_split(ds: Dataset, train_idx, val_idx, test_idx, *, standardize: bool)
     if standardize and not text:
         X, prep = _standardize(X, train_idx)
 
+    y, dtype = ds.y, np.int64
+    if ds.kind == "regression":  # targets in units of the training part's spread, like the features
+        mean, std = float(ds.y[train_idx].mean()), float(ds.y[train_idx].std()) or 1.0
+        y, dtype = (ds.y - mean) / std, np.float32
+        prep["target"] = {"mean": mean, "std": std}
+
     def part(ix):
-        y = np.arange(len(ix)) if ds.kind == "retrieval" else ds.y[ix]  # retrieval: row i matches row i
-        return Part(torch.from_numpy(np.ascontiguousarray(X[ix])), torch.from_numpy(y.astype(np.int64)))
+        rows = np.arange(len(ix)) if ds.kind == "retrieval" else y[ix]  # retrieval: row i matches row i
+        return Part(torch.from_numpy(np.ascontiguousarray(X[ix])), torch.from_numpy(rows.astype(dtype)))
 
     return Split(
         train=part(train_idx),

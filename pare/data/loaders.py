@@ -11,7 +11,7 @@ import numpy as np
 from pare.data.dataset import Dataset
 from pare.errors import DataError
 
-BUILTIN = ("digits", "breast_cancer", "wine", "iris")
+BUILTIN = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -21,6 +21,10 @@ def load_builtin(name: str) -> Dataset:
     loader = getattr(datasets, f"load_{name}")
     bunch = loader()
     X = bunch.data.astype(np.float32)
+    if name == "diabetes":  # disease progression after one year: a number, not a class
+        return Dataset(
+            name=name, X=X, y=bunch.target.astype(np.float32), classes=["target"], kind="regression"
+        )
     if name == "digits":
         X = X.reshape(-1, 1, 8, 8)  # keep the image shape so convolutional models see pixels
     classes = [str(c) for c in bunch.target_names]

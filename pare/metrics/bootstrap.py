@@ -60,7 +60,7 @@ def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def _interval(values: np.ndarray, confidence: float) -> list[float] | None:
+def interval(values: np.ndarray, confidence: float) -> list[float] | None:
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return None
@@ -76,7 +76,7 @@ def bootstrap_cis(y, proba, *, n_boot=1000, confidence=0.95, seed=0, metrics=CI_
     suffix = f"_ci{round(confidence * 100)}"
     out = {}
     for name in metrics:
-        ci = _interval(resampled_metric(name, y, proba, idx), confidence)
+        ci = interval(resampled_metric(name, y, proba, idx), confidence)
         if ci is not None:
             out[name + suffix] = ci
     return out
@@ -92,7 +92,7 @@ def bootstrap_deltas(
     out = {}
     for name in metrics:
         diff = resampled_metric(name, y, proba, idx) - resampled_metric(name, y, proba_ref, idx)
-        ci = _interval(diff, confidence)
+        ci = interval(diff, confidence)
         if ci is not None:
             out[name + suffix] = ci
     return out
@@ -104,7 +104,7 @@ def bootstrap_means(values: dict[str, np.ndarray], *, n_boot=1000, confidence=0.
     out = {}
     for name, v in values.items():
         idx = resample_indices(len(v), n_boot, seed)
-        out[name + suffix] = _interval(np.asarray(v, dtype=np.float64)[idx].mean(1), confidence)
+        out[name + suffix] = interval(np.asarray(v, dtype=np.float64)[idx].mean(1), confidence)
     return out
 
 

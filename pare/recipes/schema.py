@@ -23,6 +23,7 @@ DataSource = Literal[
     "breast_cancer",
     "wine",
     "iris",
+    "diabetes",
     "csv",
     "npz",
     "image_folder",

@@ -83,9 +83,7 @@ def build(results: dict, out: Path) -> list[tuple]:
         blocks.append(
             (
                 "p",
-                f"Baseline diagnosis: train accuracy {diag['train_accuracy']:.4f}, validation "
-                f"{diag['val_accuracy']:.4f}, majority-class accuracy {diag['majority_accuracy']:.4f}: "
-                f"{verdict}.",
+                f"Baseline diagnosis: {diag['summary']}: {verdict}.",
             )
         )
 

@@ -8,9 +8,10 @@ from pare.errors import ConfigError
 from pare.tasks.base import Evaluation, Task
 from pare.tasks.classification import Classification
 from pare.tasks.language_model import LanguageModel
+from pare.tasks.regression import Regression
 from pare.tasks.retrieval import Retrieval
 
-TASKS: dict[str, Task] = {t.kind: t for t in (Classification(), Retrieval(), LanguageModel())}
+TASKS: dict[str, Task] = {t.kind: t for t in (Classification(), Retrieval(), LanguageModel(), Regression())}
 
 
 def get_task(kind: str) -> Task:
@@ -19,4 +20,13 @@ def get_task(kind: str) -> Task:
     return TASKS[kind]
 
 
-__all__ = ["Task", "Evaluation", "Classification", "Retrieval", "LanguageModel", "TASKS", "get_task"]
+__all__ = [
+    "Task",
+    "Evaluation",
+    "Classification",
+    "Retrieval",
+    "LanguageModel",
+    "Regression",
+    "TASKS",
+    "get_task",
+]

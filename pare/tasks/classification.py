@@ -58,6 +58,8 @@ class Classification(Task):
             "overfitting": over,
             "underfitting": under,
             "notes": notes,
+            "summary": f"train accuracy {train_acc:.4f}, validation {val_acc:.4f}, "
+            f"majority-class accuracy {majority:.4f}",
         }
 
     def loss(self, outputs, y):

@@ -14,14 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pare.metrics.bootstrap import resample_indices
+from pare.metrics.bootstrap import interval, resample_indices
 from pare.tasks.base import Evaluation, Task
-
-
-def _interval(values: np.ndarray, confidence: float) -> list[float]:
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(values, [alpha, 1 - alpha])
-    return [float(lo), float(hi)]
 
 
 class LanguageModel(Task):
@@ -61,7 +55,7 @@ class LanguageModel(Task):
             idx = resample_indices(len(nll), bootstrap, seed)
             per_window = nll.mean(1)
             suffix = f"_ci{round(confidence * 100)}"
-            metrics["perplexity" + suffix] = _interval(np.exp(per_window[idx].mean(1)), confidence)
+            metrics["perplexity" + suffix] = interval(np.exp(per_window[idx].mean(1)), confidence)
         details = {"windows": int(nll.shape[0]), "tokens": int(nll.size)}
         return Evaluation(metrics, details, y, outputs)
 
@@ -75,4 +69,4 @@ class LanguageModel(Task):
         a, b = self._split(outputs)[0].mean(1), self._split(reference)[0].mean(1)
         idx = resample_indices(len(a), n_boot, seed)
         diff = np.exp(a[idx].mean(1)) - np.exp(b[idx].mean(1))
-        return {f"perplexity_delta_ci{round(confidence * 100)}": _interval(diff, confidence)}
+        return {f"perplexity_delta_ci{round(confidence * 100)}": interval(diff, confidence)}
