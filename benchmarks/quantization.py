@@ -61,7 +61,7 @@ def variants(quick: bool) -> list[tuple[str, QuantizeConfig]]:
     out += [
         ("int8-dynamic", QuantizeConfig(mode="dynamic")),
         ("int4-weight-only", QuantizeConfig(mode="weight_only", bits=4)),
-        ("int4-qat", QuantizeConfig(mode="qat", bits=4, qat_epochs=1 if quick else 3, qat_lr=5e-4)),
+        ("int4-qat", QuantizeConfig(mode="qat", bits=4, finetune_epochs=1 if quick else 3, finetune_lr=5e-4)),
         (
             "mixed-2-4-8",
             QuantizeConfig(mode="weight_only", mixed=MixedPrecisionConfig(bits=[2, 4, 8], max_drop=0.5)),

@@ -381,12 +381,12 @@ def lora(quick: bool, rows: list, targets: list) -> None:
     )
     # adapters on every Linear layer of the encoder (QLoRA's advice), at rank 4: under 1 % trainable
     lora_cfg = {
-        "target": ["backbone.encoder.*"],
+        "layers": ["backbone.encoder.*"],
         "trainable": ["head"],
         "rank": 4,
         "alpha": 8,
-        "epochs": epochs,
-        "lr": 1e-3,
+        "finetune_epochs": epochs,
+        "finetune_lr": 1e-3,
     }
     for name, extra in (("LoRA r4", {}), ("QLoRA r4 (4-bit base)", {"base_bits": 4})):
         t0 = time.perf_counter()

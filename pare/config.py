@@ -7,15 +7,58 @@ with ``param(..., ge=0)``, then calls the config's own ``check()`` for cross-fie
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from pare.errors import ConfigError
 
 T = TypeVar("T")
+_BUILDING = contextvars.ContextVar("building", default=False)  # from_dict checks once, itself
+
+
+class Config:
+    """Base of technique configs: declare them ``@dataclass(frozen=True)``. Constructing one in
+    Python (``QuantizeConfig(mode="static", bits=4)``) runs the same checks as ``from_dict``
+    and raises one ``ConfigError`` listing every problem. ``renamed`` maps keys that were
+    renamed to their new names, so an old recipe is told what to write instead."""
+
+    renamed: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self):
+        if _BUILDING.get():
+            return
+        problems: list[str] = []
+        check_fields(self, "", problems)
+        if problems:
+            raise ConfigError(problems)
+
+
+def check_fields(obj: Any, path: str, problems: list[str]) -> None:
+    """Types, ranges and ``check()`` of an already built config (nested ones checked themselves)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = _join(path, f.name)
+        if not isinstance(value, Config):  # a nested config checked itself when it was built
+            token = _BUILDING.set(True)
+            try:
+                _coerce(hints[f.name], to_dict(value), where, problems)
+            finally:
+                _BUILDING.reset(token)
+        for op, bound in f.metadata.get("bounds", {}).items():
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and not _within(value, op, bound)
+            ):
+                problems.append(f"{where}: {value!r} must be {_OPS[op]} {bound}")
+    check = getattr(obj, "check", None)
+    if check is not None:
+        problems.extend(f"{path + ': ' if path else ''}{p}" for p in check())
 
 
 def param(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None, factory=None):
@@ -34,7 +77,11 @@ def did_you_mean(value: str, options: typing.Iterable[str]) -> str:
 def from_dict(cls: type[T], data: Any, source: str | None = None) -> T:
     """Build ``cls`` from ``data`` or raise one ``ConfigError`` listing every problem."""
     problems: list[str] = []
-    obj = _build(cls, data, "", problems)
+    token = _BUILDING.set(True)
+    try:
+        obj = _build(cls, data, "", problems)
+    finally:
+        _BUILDING.reset(token)
     if problems:
         raise ConfigError(problems, source)
     return obj
@@ -60,8 +107,11 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    renamed = getattr(cls, "renamed", {})
     for key in data:
-        if key not in fields:
+        if key in renamed:
+            problems.append(f"{_join(path, key)}: renamed to {renamed[key]!r}; write {renamed[key]}: instead")
+        elif key not in fields:
             problems.append(
                 f"{_join(path, key)}: unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}"
             )

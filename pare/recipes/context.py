@@ -48,8 +48,15 @@ class StageContext:
         """Validation metrics (no intervals) for choices made inside a technique."""
         return evaluate(model, self.split.val, self.split.classes, task=self.split.kind, bootstrap=0).metrics
 
+    def metric(self, model: nn.Module) -> float:
+        """The task's headline validation metric as it is (accuracy, Recall@1, perplexity, R²)."""
+        return self.evaluate(model)[get_task(self.split.kind).headline]
+
     def score(self, model: nn.Module) -> float:
-        """The task's headline validation metric (accuracy, Recall@1, minus perplexity): higher is better."""
-        task = get_task(self.split.kind)
-        value = self.evaluate(model)[task.headline]
-        return value if task.higher_is_better else -value
+        """The headline validation metric turned so that higher is better (minus perplexity)."""
+        return get_task(self.split.kind).signed(self.metric(model))
+
+    def drop(self, base: float, value: float) -> float:
+        """How much worse headline ``value`` is than ``base``: points, or percent for perplexity
+        (``Task.drop``, what every ``max_drop`` means)."""
+        return get_task(self.split.kind).drop(base, value)

@@ -53,7 +53,7 @@ def test_quantized_base_is_close_and_small():
 @pytest.mark.parametrize("base_bits", [None, 4])
 def test_only_adapters_train_and_improve_the_model(mlp, digits_split, base_bits, tmp_path):
     before = accuracy(mlp, digits_split.val)
-    config = LoRAConfig(rank=4, epochs=6, lr=3e-3, merge=False, base_bits=base_bits)
+    config = LoRAConfig(rank=4, finetune_epochs=6, finetune_lr=3e-3, merge=False, base_bits=base_bits)
     tuned, info = pare.compress(mlp, config, digits_split, train=TrainConfig(patience=None), out_dir=tmp_path)
     wrapped = [m for m in tuned.modules() if isinstance(m, LoRALinear)]
     assert len(wrapped) == 3
@@ -71,7 +71,7 @@ def test_only_adapters_train_and_improve_the_model(mlp, digits_split, base_bits,
 
 def test_merged_stage_ships_plain_layers(mlp, digits_split):
     tuned, _ = pare.compress(
-        mlp, LoRAConfig(rank=2, epochs=1), digits_split, train=TrainConfig(patience=None)
+        mlp, LoRAConfig(rank=2, finetune_epochs=1), digits_split, train=TrainConfig(patience=None)
     )
     assert not any(isinstance(m, LoRALinear) for m in tuned.modules())
     assert sum(p.numel() for p in tuned.parameters()) == sum(p.numel() for p in mlp.parameters())
@@ -79,9 +79,9 @@ def test_merged_stage_ships_plain_layers(mlp, digits_split):
 
 def test_bad_targets_and_ranks_are_named(mlp, digits_split):
     with pytest.raises(ConfigError, match="matches no layer.*layers: "):
-        pare.compress(mlp, LoRAConfig(target=["encoder.*"]), digits_split)
+        pare.compress(mlp, LoRAConfig(layers=["encoder.*"]), digits_split)
     with pytest.raises(ConfigError, match="rank: 80 is larger than layer 'net.7' allows \\(10"):
-        pare.compress(mlp, LoRAConfig(rank=80, target=["net.7"]), digits_split)
+        pare.compress(mlp, LoRAConfig(rank=80, layers=["net.7"]), digits_split)
     with pytest.raises(ConfigError, match="trainable: 'head' matches no module"):
         pare.compress(mlp, LoRAConfig(trainable=["head"]), digits_split)
 
@@ -94,14 +94,14 @@ def test_lora_stage_runs_in_a_recipe_and_resumes(tmp_path):
         "train": {"epochs": 2},
         "evaluate": {"bootstrap": 50, "latency_repeats": 5, "onnx": False},
         "stages": [
-            {"technique": "lora", "rank": 2, "epochs": 2, "merge": False},
+            {"technique": "lora", "rank": 2, "finetune_epochs": 2, "merge": False},
             {
                 "technique": "lora",
                 "name": "fresh",
                 "from": "pretrained",
-                "target": ["net.1", "net.4"],
+                "layers": ["net.1", "net.4"],
                 "trainable": ["net.7"],
-                "epochs": 2,
+                "finetune_epochs": 2,
             },
         ],
     }

@@ -149,7 +149,7 @@ def test_qat_recovers_accuracy_lost_at_two_bits(digits_split, mlp):
     ptq, _ = pare.compress(mlp, QuantizeConfig(mode="weight_only", bits=2), digits_split)
     qat, info = pare.compress(
         mlp,
-        QuantizeConfig(mode="qat", bits=2, qat_epochs=4, qat_lr=1e-3),
+        QuantizeConfig(mode="qat", bits=2, finetune_epochs=4, finetune_lr=1e-3),
         digits_split,
         train=TrainConfig(epochs=4, patience=None),
     )
@@ -158,7 +158,7 @@ def test_qat_recovers_accuracy_lost_at_two_bits(digits_split, mlp):
 
 
 def test_qat_int8_keeps_onnx_execution(tmp_path, digits_split, cnn):
-    config = QuantizeConfig(mode="qat", qat_epochs=1)
+    config = QuantizeConfig(mode="qat", finetune_epochs=1)
     q, info = pare.compress(cnn, config, digits_split, train=TrainConfig(epochs=1, patience=None))
     shipped = export(q, config, info, tmp_path, digits_split.test.X[:1])
     agree, _ = ort_agreement(shipped["artifact"], q, digits_split.test)

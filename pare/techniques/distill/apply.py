@@ -55,17 +55,17 @@ def distill(model: nn.Module, config: DistillConfig, ctx):
             gen_config = _born_again(config)
         tag = f" generation {generation + 1}/{config.generations}" if config.generations > 1 else ""
         history, extra = _train(student, teachers, gen_config, ctx, example, tag)
-        accuracy = ctx.score(student)
-        record = {"generation": generation + 1, "val_accuracy": accuracy, **extra}
+        score = ctx.score(student)
+        record = {"generation": generation + 1, "val_score": score, **extra}
         info["generations"].append(record)
-        if best is None or accuracy > best[0]:
-            best = (accuracy, generation + 1, copy.deepcopy(student.state_dict()), history)
-    accuracy, kept, state, history = best
+        if best is None or score > best[0]:
+            best = (score, generation + 1, copy.deepcopy(student.state_dict()), history)
+    score, kept, state, history = best
     student.load_state_dict(state)
-    info.update({"kept_generation": kept, "val_accuracy": accuracy, "history": history})
+    info.update({"kept_generation": kept, "val_score": score, "history": history})
     info.update(info["generations"][kept - 1])
     if config.generations > 1:
-        console.print(f"  {ctx.name}: kept generation {kept} (validation accuracy {accuracy:.4f})")
+        console.print(f"  {ctx.name}: kept generation {kept} (validation score {score:.4f})")
     return student.eval(), info
 
 
@@ -184,7 +184,7 @@ def _train_teachers(teachers, untrained, config: DistillConfig, ctx) -> list[dic
             ctx.fit(teacher, label=f" teacher {i + 1}")
             source += " (trained here)"
         params = count_params(teacher)["params"]
-        info.append({"source": source, "params": params, "val_accuracy": ctx.score(teacher)})
+        info.append({"source": source, "params": params, "val_score": ctx.score(teacher)})
     return info
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pare.config import param
+from pare.config import Config, param
 from pare.models import check_model_config
 
 
-@dataclass
-class StudentConfig:
+@dataclass(frozen=True)
+class StudentConfig(Config):
     """The model that learns: a zoo model, a user factory, or the teacher itself shrunk (its
     channels pruned to ``shrink`` of its parameters, keeping the teacher's strongest weights)."""
 
@@ -34,8 +34,8 @@ class StudentConfig:
         return []
 
 
-@dataclass
-class TeacherConfig:
+@dataclass(frozen=True)
+class TeacherConfig(Config):
     """A teacher: an earlier stage's model (``stage: baseline``), or a model of its own, loaded
     from ``weights`` or, without weights, trained on this data with the recipe's settings."""
 
@@ -55,8 +55,8 @@ class TeacherConfig:
         return []
 
 
-@dataclass
-class FeatureConfig:
+@dataclass(frozen=True)
+class FeatureConfig(Config):
     """Match an intermediate output of the student to one of the (first) teacher; a learned
     1x1 convolution or linear adapter bridges different widths."""
 
@@ -66,8 +66,8 @@ class FeatureConfig:
     weight: float = param(1.0, gt=0)
 
 
-@dataclass
-class CRDConfig:
+@dataclass(frozen=True)
+class CRDConfig(Config):
     """Contrastive representation distillation: the student's embedding of a sample must pick
     the teacher's embedding of the same sample out of negatives (InfoNCE)."""
 
@@ -80,8 +80,8 @@ class CRDConfig:
     student_layer: str | None = None
 
 
-@dataclass
-class DistillConfig:
+@dataclass(frozen=True)
+class DistillConfig(Config):
     """Train a student to match one or more teachers: soft targets, features, contrastive."""
 
     student: StudentConfig | None = None

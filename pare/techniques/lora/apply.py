@@ -14,7 +14,7 @@ from pare.techniques.lora.layers import LoRALinear, QuantBase, adapter_state, me
 
 def wrap(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Linear]:
     layers = select_layers(
-        model, include=config.target, exclude=config.exclude, types=(nn.Linear,), key="target"
+        model, include=config.layers, exclude=config.exclude, types=(nn.Linear,), key="layers"
     )
     too_small = [
         f"rank: {config.rank} is larger than layer {n!r} allows ({min(m.in_features, m.out_features)}, "
@@ -52,7 +52,11 @@ def lora(model: nn.Module, config: LoRAConfig, ctx):
     layers = wrap(model, config)
     params = trainable_parameters(model, config)
     trained = sum(p.numel() for p in params)
-    history = ctx.fit(model, params=params, epochs=config.epochs, lr=config.lr) if config.epochs else None
+    history = (
+        ctx.fit(model, params=params, epochs=config.finetune_epochs, lr=config.finetune_lr)
+        if config.finetune_epochs
+        else None
+    )
     adapters = ctx.out_dir / "adapters.safetensors"
     state = adapter_state(model)
     save_tensors(state, adapters, "pare_lora", {"rank": config.rank, "alpha": config.alpha})

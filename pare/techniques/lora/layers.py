@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pare.selection import replace_module
+from pare.graph.merge import merge_modules
 
 
 class QuantBase(nn.Module):
@@ -54,7 +54,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
+        self.folded = False
 
     @property
     def in_features(self) -> int:
@@ -69,21 +69,31 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         y = self.base(x)
-        if self.merged:
+        if self.folded:
             return y
         return y + self.scaling * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
 
     @torch.no_grad()
     def merge(self) -> None:
-        if not self.merged:
+        if not self.folded:
             self._base_weight().add_(self.delta())
-            self.merged = True
+            self.folded = True
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """A plain Linear holding base + update (see ``pare.graph.merge``)."""
+        bias = self.base.bias
+        plain = nn.Linear(self.in_features, self.out_features, bias=bias is not None)
+        plain.weight.copy_(self.base.weight.detach() + (0 if self.folded else self.delta().detach()))
+        if bias is not None:
+            plain.bias.copy_(bias.detach())
+        return plain
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        if self.merged:
+        if self.folded:
             self._base_weight().sub_(self.delta())
-            self.merged = False
+            self.folded = False
 
     def _base_weight(self) -> torch.Tensor:
         if isinstance(self.base, QuantBase):
@@ -94,17 +104,7 @@ class LoRALinear(nn.Module):
 def merge_adapters(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear by a plain Linear holding base + update (a QLoRA base is
     dequantized first): the shipped model has no adapter code in it."""
-    for name, m in list(model.named_modules()):
-        if isinstance(m, LoRALinear):
-            w = m.base.weight.detach() + (0 if m.merged else m.delta().detach())
-            bias = m.base.bias
-            plain = nn.Linear(m.in_features, m.out_features, bias=bias is not None)
-            with torch.no_grad():
-                plain.weight.copy_(w)
-                if bias is not None:
-                    plain.bias.copy_(bias.detach())
-            replace_module(model, name, plain)
-    return model
+    return merge_modules(model, LoRALinear)
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from pare.cost import count_params
 from pare.errors import ConfigError
+from pare.graph.merge import merge_modules
 from pare.progress import console
 from pare.registry import register
 from pare.selection import replace_module, select_layers
@@ -18,7 +19,6 @@ from pare.techniques.lowrank.factorize import (
     factorize,
     factorized_params,
     max_ranks,
-    merge,
     singular_values,
 )
 
@@ -42,7 +42,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, ctx):
     """Replace layers by products of thin layers (SVD, Tucker-2, spatial SVD)."""
     selected = select_layers(model, include=config.layers, exclude=config.exclude, key="layers")
     before = count_params(model)["params"]
-    base_accuracy = ctx.score(model) if config.rank_by == "sensitivity" else None
+    base = ctx.metric(model) if config.rank_by == "sensitivity" else None
     rows, skipped = [], []
     for name, layer in selected.items():
         kind, reason = kind_of(layer, config)
@@ -50,11 +50,11 @@ def lowrank(model: nn.Module, config: LowRankConfig, ctx):
             skipped.append({"layer": name, "reason": reason})
             continue
         full = max_ranks(layer, kind)
-        ranks = _choose(model, name, layer, kind, full, config, ctx, base_accuracy)
+        ranks = _choose(model, name, layer, kind, full, config, ctx, base)
         original = layer.weight.numel()
         if ranks is None or factorized_params(layer, kind, ranks) >= original:
             why = (
-                f"no rank that saves parameters keeps validation accuracy within max_drop={config.max_drop}"
+                f"no rank that saves parameters keeps the validation score within max_drop={config.max_drop}"
                 if ranks is None
                 else f"rank {ranks} saves no parameters"
             )
@@ -86,17 +86,17 @@ def lowrank(model: nn.Module, config: LowRankConfig, ctx):
     if not rows:
         info["note"] = "no layer was factorized (see skipped layers); the model is unchanged"
         console.print(f"[yellow]  {ctx.name}: {info['note']}[/]")
-    info["val_accuracy_before_finetune"] = ctx.score(model)
+    info["val_score_before_finetune"] = ctx.score(model)
     if config.finetune_epochs:
         overrides = {"lr": config.finetune_lr} if config.finetune_lr else {}
         info["history"] = ctx.fit(model, epochs=config.finetune_epochs, **overrides)
     if config.merge:
-        _merge_all(model)
+        merge_modules(model, Factorized)
         info["params_after"] = count_params(model)["params"]
     return model, info
 
 
-def _choose(model, name, layer, kind, full, config, ctx, base_accuracy) -> list[int] | None:
+def _choose(model, name, layer, kind, full, config, ctx, base) -> list[int] | None:
     if config.rank_by == "rank":
         too_big = [f for f in full if config.rank > f]
         if too_big:
@@ -122,15 +122,9 @@ def _choose(model, name, layer, kind, full, config, ctx, base_accuracy) -> list[
             break
         trial = copy.deepcopy(model)
         replace_module(trial, name, factorize(layer, kind, ranks))
-        if (base_accuracy - ctx.score(trial)) * 100 <= config.max_drop:
+        if ctx.drop(base, ctx.metric(trial)) <= config.max_drop:
             return ranks
     return None
-
-
-def _merge_all(model: nn.Module) -> None:
-    for name, m in list(model.named_modules()):
-        if isinstance(m, Factorized):
-            replace_module(model, name, merge(m).train(m.training))
 
 
 def restore(model: nn.Module, config: LowRankConfig, info: dict) -> nn.Module:

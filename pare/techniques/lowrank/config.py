@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pare.config import param
+from pare.config import Config, param
 
 
-@dataclass
-class LowRankConfig:
+@dataclass(frozen=True)
+class LowRankConfig(Config):
     """Factorize Linear layers by SVD and convolutions by Tucker-2 or spatial SVD."""
 
     conv: Literal["tucker2", "spatial", "none"] = "tucker2"  # 1x1 convolutions always use SVD
@@ -17,7 +17,9 @@ class LowRankConfig:
     energy: float = param(0.9, gt=0, le=1)  # energy: share of the squared singular values kept
     ratio: float = param(0.5, gt=0, lt=1)  # ratio: each layer keeps at most this share of its parameters
     rank: int | None = param(None, ge=1)  # rank: the same rank for every layer
-    max_drop: float = param(1.0, ge=0)  # sensitivity: validation accuracy points one layer may cost
+    max_drop: float = param(
+        1.0, ge=0
+    )  # sensitivity: validation points (perplexity: percent) one layer may cost
     layers: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     finetune_epochs: int = param(0, ge=0)

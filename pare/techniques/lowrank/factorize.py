@@ -20,6 +20,10 @@ class Factorized(nn.Sequential):
         super().__init__(*layers)
         self.kind = kind
 
+    def merged(self) -> nn.Module:
+        """The single layer the factors compute (see ``pare.graph.merge``)."""
+        return merge(self)
+
 
 def _svd(matrix: torch.Tensor):
     return torch.linalg.svd(matrix.double(), full_matrices=False)

@@ -183,7 +183,7 @@ def _rounded(count: int, multiple: int, limit: int) -> int:
 
 @torch.no_grad()
 def _drop_blocks(model, config, ctx, fraction, example, before) -> tuple[list[str], list[dict]]:
-    """Drop the residual blocks whose removal costs least validation accuracy per MAC (or
+    """Drop the residual blocks whose removal costs least validation score per MAC (or
     parameter) saved, until the target is met."""
     candidates = residual_blocks(model, example)
     measure = (
@@ -191,15 +191,14 @@ def _drop_blocks(model, config, ctx, fraction, example, before) -> tuple[list[st
         if config.target == "macs"
         else (lambda m: count_params(m)["params"] / before["params"])
     )
-    base_acc, base_size = ctx.score(model), measure(model)
+    base_score, base_size = ctx.score(model), measure(model)
     scores = []
     for name in candidates:
         trial = drop(copy.deepcopy(model), [name])
         saved = base_size - measure(trial)
-        loss = base_acc - ctx.score(trial)
-        scores.append({"block": name, "accuracy_drop": loss, "saved": saved})
+        scores.append({"block": name, "score_drop": base_score - ctx.score(trial), "saved": saved})
     dropped = []
-    for s in sorted(scores, key=lambda s: (max(s["accuracy_drop"], 0) + 1e-6) / max(s["saved"], 1e-9)):
+    for s in sorted(scores, key=lambda s: (max(s["score_drop"], 0) + 1e-6) / max(s["saved"], 1e-9)):
         if measure(model) <= 1 - fraction + 1e-9:
             break
         drop(model, [s["block"]])

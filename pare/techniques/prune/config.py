@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pare.config import param
+from pare.config import Config, param
 
 
-@dataclass
-class PruneConfig:
+@dataclass(frozen=True)
+class PruneConfig(Config):
     """Remove weights (unstructured, N:M) or whole channels (structured), once or in steps."""
 
     method: Literal["structured", "unstructured", "n_m", "blocks", "heads", "ffn"] = "structured"

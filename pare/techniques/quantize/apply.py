@@ -110,14 +110,10 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
 
 
 @torch.no_grad()
-def _val_accuracy(model, ctx) -> float:
-    return ctx.score(model)
-
-
-@torch.no_grad()
 def sensitivity(model: nn.Module, specs: dict[str, WeightSpec], bits: list[int], ctx) -> dict:
-    """Validation accuracy drop (points) when only one layer is quantized, per layer and width."""
-    base_acc = _val_accuracy(model, ctx)
+    """Validation drop (``ctx.drop``: points, percent for perplexity) when only one layer is
+    quantized, per layer and width."""
+    base = ctx.metric(model)
     out = {}
     for name, spec in specs.items():
         weight = model.get_submodule(name).weight
@@ -125,7 +121,7 @@ def sensitivity(model: nn.Module, specs: dict[str, WeightSpec], bits: list[int],
         out[name] = {}
         for b in bits:
             weight.copy_(quantize_weight(original, dataclasses.replace(spec, bits=b)).dequantized)
-            out[name][b] = 100 * (base_acc - _val_accuracy(model, ctx))
+            out[name][b] = ctx.drop(base, ctx.metric(model))
         weight.copy_(original)
     return out
 
@@ -142,7 +138,7 @@ def allocate_bits(model, specs, sens, mixed, ctx) -> dict[str, int]:
     widths = sorted(mixed.bits)
     chosen = {n: widths[-1] for n in specs}
     frozen: set[str] = set()
-    base_acc = _val_accuracy(model, ctx)
+    base = ctx.metric(model)
     originals = {n: model.get_submodule(n).weight.detach().clone() for n in specs}
 
     def apply(widths_now):
@@ -173,7 +169,7 @@ def allocate_bits(model, specs, sens, mixed, ctx) -> dict[str, int]:
             chosen[n] = nb
             if mixed.max_drop is not None:
                 apply(chosen)
-                if 100 * (base_acc - _val_accuracy(model, ctx)) > mixed.max_drop:
+                if ctx.drop(base, ctx.metric(model)) > mixed.max_drop:
                     chosen[n] = previous
                     frozen.add(n)
     finally:
@@ -334,7 +330,9 @@ def _fold(model, config):
 
 
 def _qat(model, config, ctx):
-    return ctx.fit(model, hooks=[QATHook()], epochs=config.qat_epochs, lr=config.qat_lr, patience=None)
+    return ctx.fit(
+        model, hooks=[QATHook()], epochs=config.finetune_epochs, lr=config.finetune_lr, patience=None
+    )
 
 
 def _layer_table(model) -> list[dict]:

@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pare.config import param
+from pare.config import Config, param
 
 Scheme = Literal["affine", "pow2", "codebook", "fixed_point", "binary", "ternary", "fp16", "bf16"]
 DEFAULT_BITS = {"binary": 1, "ternary": 2, "fp16": 16, "bf16": 16}
 OVERRIDE_KEYS = {"bits", "scheme", "skip", "symmetric", "granularity", "group_size"}
 
 
-@dataclass
-class MixedPrecisionConfig:
+@dataclass(frozen=True)
+class MixedPrecisionConfig(Config):
     """Per-layer bit widths chosen from measured sensitivity, under a size budget or a maximum
-    validation accuracy drop (in points)."""
+    validation drop (points; percent of perplexity for language models)."""
 
     bits: list[int] = field(default_factory=lambda: [2, 4, 8])
     max_drop: float | None = param(None, ge=0)
@@ -24,16 +24,20 @@ class MixedPrecisionConfig:
     def check(self) -> list[str]:
         problems = []
         if (self.max_drop is None) == (self.size_budget_bytes is None):
-            problems.append("mixed: give exactly one of max_drop (accuracy points) or size_budget_bytes")
+            problems.append(
+                "mixed: give exactly one of max_drop (points of the validation metric) or size_budget_bytes"
+            )
         bad = [b for b in self.bits if not 2 <= b <= 8]
         if bad or not self.bits:
             problems.append(f"mixed.bits: {self.bits!r} must be a non-empty list of widths from 2 to 8")
         return problems
 
 
-@dataclass
-class QuantizeConfig:
+@dataclass(frozen=True)
+class QuantizeConfig(Config):
     """Quantize weights (and activations) of Conv2d and Linear layers."""
+
+    renamed = {"qat_epochs": "finetune_epochs", "qat_lr": "finetune_lr"}
 
     mode: Literal["weight_only", "static", "dynamic", "qat"] = "static"
     scheme: Scheme = "affine"
@@ -52,8 +56,8 @@ class QuantizeConfig:
     layers: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     overrides: dict[str, Any] = field(default_factory=dict)
-    qat_epochs: int = param(3, ge=1)
-    qat_lr: float = param(1e-4, gt=0)
+    finetune_epochs: int = param(3, ge=1)  # qat: training epochs with fake quantization
+    finetune_lr: float = param(1e-4, gt=0)
     sensitivity: bool = False
     mixed: MixedPrecisionConfig | None = None
     entropy_coding: bool = False  # packed artifact (weight_only) compressed losslessly (xz)

@@ -2,7 +2,7 @@
 
 ``QuantLayer`` keeps the float layer as ``base`` and computes with its quantized weight; under
 quantization-aware training it re-quantizes ``base.weight`` on every forward with a
-straight-through gradient. ``merge()`` gives back a plain layer holding the dequantized weight.
+straight-through gradient. ``merged()`` gives back a plain layer holding the dequantized weight.
 ``ActQuant`` first observes activations (calibration), then fake-quantizes them to uint8 with
 the frozen range, through ``torch.fake_quantize_per_tensor_affine`` so that ONNX export writes
 QuantizeLinear/DequantizeLinear with exactly these scales.
@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pare.errors import PareError
 from pare.formats.schemes import QuantizedWeight, WeightSpec, affine_params, quantize_weight
+from pare.graph.merge import merge_modules
 from pare.techniques.quantize.observers import Observer
 from pare.training.hooks import Hook
 
@@ -102,12 +102,10 @@ class QuantLayer(nn.Module):
             return F.conv2d(x, w, b.bias, b.stride, b.padding, b.dilation, b.groups)
         return F.linear(x, w, b.bias)
 
-    def merge(self) -> nn.Module:
+    def merged(self) -> nn.Module:
+        """The plain layer holding the dequantized weight (see ``pare.graph.merge``)."""
         plain = copy.deepcopy(self.base)
-        w = self.current_weight().detach()
-        if not torch.isfinite(w).all():
-            raise PareError(f"quantized weight of {type(self.base).__name__} is not finite; cannot merge")
-        plain.weight = nn.Parameter(w.clone())
+        plain.weight = nn.Parameter(self.current_weight().detach().clone())
         return plain
 
 
@@ -138,12 +136,7 @@ class ActQuant(nn.Module):
 
 def merge_all(model: nn.Module) -> nn.Module:
     """Replace every QuantLayer by its merged plain layer (activation quantizers stay)."""
-    for name, child in list(model.named_children()):
-        if isinstance(child, QuantLayer):
-            setattr(model, name, child.merge())
-        else:
-            merge_all(child)
-    return model
+    return merge_modules(model, QuantLayer)
 
 
 class QATHook(Hook):

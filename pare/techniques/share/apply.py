@@ -50,7 +50,7 @@ def share(model: nn.Module, config: ShareConfig, ctx):
     info = {
         "method": config.method,
         "layers": rows,
-        "val_accuracy_before_finetune": ctx.score(model),
+        "val_score_before_finetune": ctx.score(model),
     }
     if config.finetune_epochs:
         overrides = {"lr": config.finetune_lr} if config.finetune_lr else {}

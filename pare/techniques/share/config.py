@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pare.config import param
+from pare.config import Config, param
 
 
-@dataclass
-class ShareConfig:
+@dataclass(frozen=True)
+class ShareConfig(Config):
     """Let many weights share few values: k-means clusters per layer, or the hashing trick."""
 
     method: Literal["kmeans", "hash"] = "kmeans"
