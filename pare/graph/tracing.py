@@ -108,119 +108,134 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, Grap
             f"{str(e).splitlines()[0][:200]}); use unstructured pruning for this model"
         ) from None
     ShapeProp(gm).propagate(example)
-    graph = Graph()
-    chans: dict[fx.Node, list[int] | None] = {}
-    modules = dict(gm.named_modules())
-
-    def ids_of(arg):
-        return chans.get(arg) if isinstance(arg, fx.Node) else None
-
-    def mark_unsafe(ids, why):
-        for i in ids or []:
-            graph.unsafe.setdefault(i, why)
-
-    sequence: set[int] = set()  # ids of token features: followed only through activations into a linear layer
+    tracer = _Tracer(dict(gm.named_modules()))
     for node in gm.graph.nodes:
-        inputs = [a for a in node.all_input_nodes]
-        first = ids_of(node.args[0]) if node.args else None
-        token_inputs = [ids_of(a) for a in inputs if ids_of(a) and ids_of(a)[0] in sequence]
-        if token_inputs and not _keeps_token_features(node, modules):
+        tracer.visit(node)
+    return gm, tracer.graph
+
+
+def _name(node: fx.Node) -> str:
+    return getattr(node.target, "__name__", node.target)
+
+
+class _Tracer:
+    """Walks the fx graph once, giving each node the channel ids its output carries (None: not
+    tracked) and marking ids unsafe where an op's channel semantics are unknown."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = modules
+        self.graph = Graph()
+        self.chans: dict[fx.Node, list[int] | None] = {}
+        self.sequence: set[int] = set()  # token features: followed only through activations into a linear
+
+    def ids_of(self, arg):
+        return self.chans.get(arg) if isinstance(arg, fx.Node) else None
+
+    def mark_unsafe(self, ids, why):
+        for i in ids or []:
+            self.graph.unsafe.setdefault(i, why)
+
+    def unknown(self, node: fx.Node, why: str) -> None:
+        for a in node.all_input_nodes:
+            self.mark_unsafe(self.ids_of(a), why)
+
+    def visit(self, node: fx.Node) -> None:
+        inputs = list(node.all_input_nodes)
+        first = self.ids_of(node.args[0]) if node.args else None
+        token_inputs = [
+            self.ids_of(a) for a in inputs if self.ids_of(a) and self.ids_of(a)[0] in self.sequence
+        ]
+        if token_inputs and not _keeps_token_features(node, self.modules):
             # attention reshapes features into heads, norms and residual streams tie them across
             # layers: not followed (yet); the FFN's hidden neurons are
             for ids in token_inputs:
-                mark_unsafe(
-                    ids, f"{node.name}: {getattr(node.target, '__name__', node.target)} on token features"
-                )
-            chans[node] = None
-            continue
-        out: list[int] | None = None
-        if node.op == "placeholder" or node.op == "get_attr":
+                self.mark_unsafe(ids, f"{node.name}: {_name(node)} on token features")
+            self.chans[node] = None
+            return
+        if node.op == "output":
+            for a in inputs:
+                self.mark_unsafe(self.ids_of(a), "reaches the model output")
+            return
+        if node.op in ("placeholder", "get_attr"):
             out = None
-        elif node.op == "output":
-            for a in inputs:
-                mark_unsafe(ids_of(a), "reaches the model output")
-            continue
         elif node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, nn.Conv2d) and m.groups == 1 or isinstance(m, nn.Linear):
-                if first is not None:
-                    _consume(graph, node.target, first, m, node)
-                out = [
-                    graph.uf.new()
-                    for _ in range(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-                ]
-                for k, i in enumerate(out):
-                    graph.producers[i] = (node.target, k)
-                if isinstance(m, nn.Linear) and _is_sequence(node):
-                    sequence.update(out)  # features on the last axis of (batch, tokens, features)
-            elif (
-                isinstance(m, nn.Conv2d) and first is not None and m.groups == m.in_channels == m.out_channels
-            ):
-                out = first  # depthwise: channel k in, channel k out
-                for k, i in enumerate(out):
-                    graph.followers[i].append((node.target, k))
-            elif isinstance(m, NORM_MODULES) and first is not None:
-                out = first
-                if isinstance(m, nn.GroupNorm):
-                    mark_unsafe(first, f"{node.target}: GroupNorm ties channels in groups")
-                elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
-                    mark_unsafe(first, f"{node.target}: LayerNorm over several dims")
-                else:
-                    for k, i in enumerate(out):
-                        graph.followers[i].append((node.target, k))
-            elif isinstance(m, PASS_MODULES):
-                out = first
-            elif isinstance(m, nn.Flatten):
-                out = _flatten(first, node)
-            else:
-                for a in inputs:
-                    mark_unsafe(ids_of(a), f"{node.target}: {type(m).__name__} has unknown channel semantics")
-        elif node.op == "call_function" and node.target in ELEMENTWISE:
-            tensors = [ids_of(a) for a in node.args if isinstance(a, fx.Node)]
-            tracked = [t for t in tensors if t is not None]
-            if len(tracked) == len(tensors) and len(tracked) == 2 and len(tracked[0]) == len(tracked[1]):
-                for a, b in zip(*tracked):
-                    graph.uf.union(a, b)
-                out = tracked[0]
-            elif len(tracked) == 1 and len(tensors) == 1:
-                out = tracked[0]  # tensor with a scalar
-            else:
-                for t in tracked:
-                    mark_unsafe(t, f"{node.name}: {node.target.__name__} of mismatched tensors")
-        elif node.op == "call_function" and node.target in PASS_FUNCTIONS:
-            out = first
-        elif node.op == "call_function" and node.target is torch.cat:
-            parts = [ids_of(a) for a in node.args[0]]
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            if (
-                dim in (1, -3)
-                and all(p is not None for p in parts)
-                and len(node.meta["tensor_meta"].shape) == 4
-            ):
-                out = [i for p in parts for i in p]
-            else:
-                for p in parts:
-                    mark_unsafe(p, f"{node.name}: cat along dim {dim}")
-        elif node.op == "call_function" and node.target is torch.flatten:
-            out = _flatten(first, node)
-        elif node.op == "call_method" and node.target in PASS_METHODS:
-            out = first
-        elif node.op == "call_method" and node.target in ("view", "reshape", "flatten") and _is_flat(node):
-            out = _flatten(first, node)
-        elif (
-            node.op in ("call_function", "call_method")
-            and node.target in (torch.mean, "mean")
-            and _pools_space(node)
-        ):
-            out = first
+            out = self.call_module(node, self.modules[node.target], first)
         else:
-            for a in inputs:
-                mark_unsafe(
-                    ids_of(a),
-                    f"{node.name}: {getattr(node.target, '__name__', node.target)} has unknown channel semantics",
-                )
-        chans[node] = out
-    return gm, graph
+            out = self.call_function(node, first)
+        self.chans[node] = out
+
+    def call_module(self, node: fx.Node, m: nn.Module, first) -> list[int] | None:
+        graph = self.graph
+        if isinstance(m, nn.Conv2d) and m.groups == 1 or isinstance(m, nn.Linear):
+            if first is not None:
+                _consume(graph, node.target, first, m, node)
+            out = [
+                graph.uf.new() for _ in range(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            ]
+            for k, i in enumerate(out):
+                graph.producers[i] = (node.target, k)
+            if isinstance(m, nn.Linear) and _is_sequence(node):
+                self.sequence.update(out)  # features on the last axis of (batch, tokens, features)
+            return out
+        if isinstance(m, nn.Conv2d) and first is not None and m.groups == m.in_channels == m.out_channels:
+            for k, i in enumerate(first):  # depthwise: channel k in, channel k out
+                graph.followers[i].append((node.target, k))
+            return first
+        if isinstance(m, NORM_MODULES) and first is not None:
+            if isinstance(m, nn.GroupNorm):
+                self.mark_unsafe(first, f"{node.target}: GroupNorm ties channels in groups")
+            elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+                self.mark_unsafe(first, f"{node.target}: LayerNorm over several dims")
+            else:
+                for k, i in enumerate(first):
+                    graph.followers[i].append((node.target, k))
+            return first
+        if isinstance(m, PASS_MODULES):
+            return first
+        if isinstance(m, nn.Flatten):
+            return _flatten(first, node)
+        self.unknown(node, f"{node.target}: {type(m).__name__} has unknown channel semantics")
+        return None
+
+    def call_function(self, node: fx.Node, first) -> list[int] | None:
+        """``call_function`` and ``call_method`` nodes."""
+        fn, method = node.op == "call_function", node.op == "call_method"
+        if fn and node.target in ELEMENTWISE:
+            return self.elementwise(node)
+        if fn and node.target in PASS_FUNCTIONS or method and node.target in PASS_METHODS:
+            return first
+        if fn and node.target is torch.cat:
+            return self.cat(node)
+        if fn and node.target is torch.flatten:
+            return _flatten(first, node)
+        if method and node.target in ("view", "reshape", "flatten") and _is_flat(node):
+            return _flatten(first, node)
+        if (fn or method) and node.target in (torch.mean, "mean") and _pools_space(node):
+            return first
+        self.unknown(node, f"{node.name}: {_name(node)} has unknown channel semantics")
+        return None
+
+    def elementwise(self, node: fx.Node) -> list[int] | None:
+        tensors = [self.ids_of(a) for a in node.args if isinstance(a, fx.Node)]
+        tracked = [t for t in tensors if t is not None]
+        if len(tracked) == len(tensors) and len(tracked) == 2 and len(tracked[0]) == len(tracked[1]):
+            for a, b in zip(*tracked):
+                self.graph.uf.union(a, b)
+            return tracked[0]
+        if len(tracked) == 1 and len(tensors) == 1:
+            return tracked[0]  # tensor with a scalar
+        for t in tracked:
+            self.mark_unsafe(t, f"{node.name}: {node.target.__name__} of mismatched tensors")
+        return None
+
+    def cat(self, node: fx.Node) -> list[int] | None:
+        parts = [self.ids_of(a) for a in node.args[0]]
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if dim in (1, -3) and all(p is not None for p in parts) and len(node.meta["tensor_meta"].shape) == 4:
+            return [i for p in parts for i in p]
+        for p in parts:
+            self.mark_unsafe(p, f"{node.name}: cat along dim {dim}")
+        return None
 
 
 def _consume(graph: Graph, name: str, ids: list[int], m: nn.Module, node: fx.Node) -> None:

@@ -17,29 +17,39 @@ from pare.reporting import plots
 from pare.reporting.format import fmt_bytes, fmt_count, fmt_delta, fmt_metric, fmt_ms
 from pare.reporting.summary import NAMES, header, summary_rows
 from pare.reporting.summary import metric_names as summary_metric_names
+from pare.tasks import get_task
 
 
 def build(results: dict, out: Path) -> list[tuple]:
     """Blocks: ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption)."""
     plot_dir = out / "plots"
-    stages, task = results["stages"], results["task"]
-    base = stages[0]
+    blocks = _overview(results, plot_dir) + _training(results, plot_dir) + _quality(results, out, plot_dir)
+    blocks += _cost(results)
+    blocks.append(("h", 2, "What each stage did"))
+    for i, s in enumerate(results["stages"][1:], start=1):
+        blocks += _stage_info_blocks(s, plot_dir / f"sensitivity-{i:02d}.png")
+    return blocks
+
+
+def _overview(results: dict, plot_dir: Path) -> list[tuple]:
+    """Title, data and machine, the comparison table, and quality against size."""
+    task, m = results["task"], results["machine"]
     classes = task["classes"]
-    m = results["machine"]
-    blocks: list[tuple] = [
+    what = f"{len(classes)} classes" if task["kind"] == "classification" else task["kind"].replace("_", " ")
+    folds = (
+        f"; {task['cv_folds']}-fold cross-validation (mean ± std over folds)" if task.get("cv_folds") else ""
+    )
+    headline = summary_metric_names(results)[0]
+    label = NAMES.get(headline, headline)
+    points = [(s["name"], s["cost"]["size_bytes"], s["metrics"][headline]) for s in results["stages"]]
+    return [
         ("h", 1, f"pare report: {results['recipe']['name']}"),
         (
             "p",
-            f"Dataset **{task['dataset']}** ({f'{len(classes)} classes' if classes else task['kind']}): "
-            f"{task['n_train']} train, {task['n_val']} "
-            f"validation, {task['n_test']} test samples"
-            + (
-                f"; {task['cv_folds']}-fold cross-validation (mean ± std over folds)"
-                if task.get("cv_folds")
-                else ""
-            )
-            + f". Seed {results['seed']}. pare {results['pare_version']}{_commit(results)}, torch {m['torch']}, "
-            f"ONNX Runtime {m['onnxruntime']}, {m['threads']} threads on {m['cpu']}.",
+            f"Dataset **{task['dataset']}** ({what}): {task['n_train']} train, {task['n_val']} validation, "
+            f"{task['n_test']} test samples{folds}. Seed {results['seed']}. pare {results['pare_version']}"
+            f"{_commit(results)}, torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, {m['threads']} threads "
+            f"on {m['cpu']}.",
         ),
         ("h", 2, "Every stage against the baseline"),
         (
@@ -49,21 +59,14 @@ def build(results: dict, out: Path) -> list[tuple]:
             "batch 1 in the stage's runtime.",
         ),
         ("table", header(results), summary_rows(results)),
+        ("img", plots.pareto_plot(points, label, plot_dir / "pareto.png"), f"{label} against artifact size"),
     ]
-    # Quality against size
-    headline = summary_metric_names(results)[0]
-    points = [(s["name"], s["cost"]["size_bytes"], s["metrics"][headline]) for s in stages]
-    label = NAMES.get(headline, headline)
-    blocks.append(
-        (
-            "img",
-            plots.pareto_plot(points, label, plot_dir / "pareto.png"),
-            f"{label} against artifact size",
-        )
-    )
 
-    # Baseline training and diagnosis
-    blocks.append(("h", 2, "Training"))
+
+def _training(results: dict, plot_dir: Path) -> list[tuple]:
+    """Training curves, how the baseline's training ended, and its diagnosis."""
+    stages, base = results["stages"], results["stages"][0]
+    blocks: list[tuple] = [("h", 2, "Training")]
     histories = {s["name"]: s["history"] for s in stages if s.get("history") and s["history"].get("epochs")}
     if histories:
         blocks.append(("img", plots.training_curves(histories, plot_dir / "training.png"), "Training curves"))
@@ -80,50 +83,39 @@ def build(results: dict, out: Path) -> list[tuple]:
     diag = base.get("diagnosis")
     if diag:
         verdict = "; ".join(diag["notes"]) or "no sign of over- or underfitting"
-        blocks.append(
-            (
-                "p",
-                f"Baseline diagnosis: {diag['summary']}: {verdict}.",
-            )
-        )
+        blocks.append(("p", f"Baseline diagnosis: {diag['summary']}: {verdict}."))
+    return blocks
 
-    # Quality details
-    blocks.append(("h", 2, "Quality"))
-    metric_names = [
-        "accuracy",
-        "balanced_accuracy",
-        "precision_macro",
-        "recall_macro",
-        "f1_macro",
-        "f1_weighted",
-        "roc_auc",
-        "log_loss",
-    ]
-    if len(classes) == 2:
-        metric_names[2:2] = ["precision", "recall", "f1"]
-    if task["kind"] != "classification":
-        metric_names = [k for k, v in base["metrics"].items() if isinstance(v, float)]
+
+def _quality(results: dict, out: Path, plot_dir: Path) -> list[tuple]:
+    """Every metric of every stage, the paired deltas, then what the task adds (curves, classes, folds)."""
+    stages, task = results["stages"], results["task"]
+    names = get_task(task["kind"]).report_metrics(stages[0]["metrics"], task["classes"])
     rows = [
-        [s["name"]] + [fmt_metric(s["metrics"], k, std=s.get("metrics_std"), digits=4) for k in metric_names]
+        [s["name"]] + [fmt_metric(s["metrics"], k, std=s.get("metrics_std"), digits=4) for k in names]
         for s in stages
     ]
-    blocks.append(("table", ["stage", *metric_names], rows))
+    blocks: list[tuple] = [("h", 2, "Quality"), ("table", ["stage", *names], rows)]
     if len(stages) > 1:
         shown = summary_metric_names(results)
         deltas = [[s["name"]] + [fmt_delta(s.get("comparison", {}), k) for k in shown] for s in stages[1:]]
         titles = [f"Δ {NAMES.get(k, k)}" + (" [95 % CI]" if i == 0 else "") for i, k in enumerate(shown)]
-        if task["kind"] == "retrieval":  # how far each embedding moved from the baseline's
+        if any("embedding_cosine" in s.get("comparison", {}) for s in stages[1:]):  # embeddings moved how far
             titles.append("embedding cosine to baseline (mean / min)")
             for row, s in zip(deltas, stages[1:]):
                 c = s.get("comparison", {})
-                row.append(
-                    f"{c['embedding_cosine']:.4f} / {c['embedding_cosine_min']:.4f}"
-                    if "embedding_cosine" in c
-                    else "—"
-                )
+                cos = c.get("embedding_cosine")
+                row.append("—" if cos is None else f"{cos:.4f} / {c['embedding_cosine_min']:.4f}")
         blocks.append(("table", ["stage", *titles], deltas))
+    return blocks + _class_blocks(results, out, plot_dir) + _fold_blocks(results)
+
+
+def _class_blocks(results: dict, out: Path, plot_dir: Path) -> list[tuple]:
+    """ROC curves from the stages' saved class probabilities, confusion matrices, per-class scores."""
+    stages, classes = results["stages"], results["task"]["classes"]
+    blocks: list[tuple] = []
     curves = {}
-    for s in stages if task["kind"] == "classification" else ():
+    for s in stages if get_task(results["task"]["kind"]).outputs_are_probabilities else ():
         folds = load_predictions(out.joinpath(*Path(s["artifact"]).parts[:2]))  # stages/NN-name
         if folds:
             curves[s["name"]] = roc_curves(*folds[0], classes)
@@ -136,7 +128,7 @@ def build(results: dict, out: Path) -> list[tuple]:
                 cm, classes, f"confusion: {s['name']}", plot_dir / f"confusion-{s['name']}.png"
             )
             blocks.append(("img", path, f"Confusion matrix of {s['name']}"))
-    per_class = base.get("details", {}).get("per_class", {})
+    per_class = stages[0].get("details", {}).get("per_class", {})
     if per_class:
         rows = [
             [c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
@@ -144,29 +136,37 @@ def build(results: dict, out: Path) -> list[tuple]:
         ]
         blocks.append(("p", "Baseline per class:"))
         blocks.append(("table", ["class", "precision", "recall", "F1", "support"], rows))
-    if task.get("cv_folds"):
-        rows = [[s["name"], *[f"{f['accuracy']:.4f}" for f in s.get("folds", [])]] for s in stages]
-        blocks.append(("p", "Accuracy per fold:"))
-        blocks.append(("table", ["stage", *[f"fold {i + 1}" for i in range(task["cv_folds"])]], rows))
+    return blocks
 
-    # Cost details
-    blocks.append(("h", 2, "Cost"))
-    rows = []
-    for s in stages:
-        c = s["cost"]
-        for runtime, table in c["latency"].items():
-            for batch, t in table.items():
-                rows.append(
-                    [
-                        s["name"],
-                        runtime,
-                        batch.replace("batch_", ""),
-                        fmt_ms(t["p50"]),
-                        fmt_ms(t["p95"]),
-                        f"{t['throughput_per_s']:.0f}/s",
-                    ]
-                )
-    blocks.append(("table", ["stage", "runtime", "batch", "p50", "p95", "throughput"], rows))
+
+def _fold_blocks(results: dict) -> list[tuple]:
+    folds = results["task"].get("cv_folds")
+    if not folds:
+        return []
+    headline = results["task"].get("headline") or "accuracy"
+    rows = [[s["name"], *[f"{f[headline]:.4f}" for f in s.get("folds", [])]] for s in results["stages"]]
+    return [
+        ("p", f"{NAMES.get(headline, headline)} per fold:"),
+        ("table", ["stage", *[f"fold {i + 1}" for i in range(folds)]], rows),
+    ]
+
+
+def _cost(results: dict) -> list[tuple]:
+    """Latency per runtime and batch, then size, FLOPs, memory and time per stage."""
+    stages = results["stages"]
+    latency = [
+        [
+            s["name"],
+            runtime,
+            batch.replace("batch_", ""),
+            fmt_ms(t["p50"]),
+            fmt_ms(t["p95"]),
+            f"{t['throughput_per_s']:.0f}/s",
+        ]
+        for s in stages
+        for runtime, table in s["cost"]["latency"].items()
+        for batch, t in table.items()
+    ]
     rows = [
         [
             s["name"],
@@ -180,37 +180,29 @@ def build(results: dict, out: Path) -> list[tuple]:
         ]
         for s in stages
     ]
-    blocks.append(
-        (
-            "table",
-            [
-                "stage",
-                "params",
-                "non-zero",
-                "files on disk",
-                "FLOPs/sample",
-                "peak memory",
-                "ORT top-1 agreement",
-                "stage time",
-            ],
-            rows,
-        )
-    )
-    blocks.append(
+    titles = [
+        "stage",
+        "params",
+        "non-zero",
+        "files on disk",
+        "FLOPs/sample",
+        "peak memory",
+        "ORT top-1 agreement",
+    ]
+    return [
+        ("h", 2, "Cost"),
+        ("table", ["stage", "runtime", "batch", "p50", "p95", "throughput"], latency),
+        ("table", [*titles, "stage time"], rows),
         (
             "p",
             f"Peak memory: tensor bytes (weights plus the largest set of live activations) of one "
-            f"torch forward pass at batch {base['cost']['batch_size']}; for stages that ship to ONNX "
+            f"torch forward pass at batch {stages[0]['cost']['batch_size']}; for stages that ship to ONNX "
             f"Runtime it is measured on pare's torch simulation, and their torch latency rows time that "
             f"simulation, not a deployment. FLOPs count a multiply-add as 2, per sample. ORT top-1 "
             f"agreement: share of test samples where ONNX Runtime and the torch model (for quantized "
             f"stages, pare's simulation of it) predict the same class.",
-        )
-    )
-    blocks.append(("h", 2, "What each stage did"))
-    for i, s in enumerate(stages[1:], start=1):
-        blocks += _stage_info_blocks(s, plot_dir / f"sensitivity-{i:02d}.png")
-    return blocks
+        ),
+    ]
 
 
 def _cell(v) -> str:
@@ -235,9 +227,7 @@ def _stage_info_blocks(stage: dict, sensitivity_png: Path) -> list[tuple]:
             blocks.append(("table", header, [[_cell(r.get(h, "")) for h in header] for r in value]))
     if info.get("sensitivity"):
         path = plots.sensitivity_plot(info["sensitivity"], sensitivity_png)
-        blocks.append(
-            ("img", path, f"{stage['name']}: validation accuracy drop when only one layer is quantized")
-        )
+        blocks.append(("img", path, f"{stage['name']}: validation drop when only one layer is quantized"))
     return blocks
 
 

@@ -27,6 +27,11 @@ class Task:
     higher_is_better = True
     drop_unit = "points"  # "points": 100 x the difference of a [0, 1] metric; "percent": relative
     summary_metrics: tuple[str, ...] = ()  # the columns a person scans first
+    outputs_are_probabilities = False  # stored outputs are class probabilities (ROC curves apply)
+
+    def report_metrics(self, metrics: dict, classes: list[str]) -> list[str]:
+        """The report's quality columns, in order (default: every number the task scored)."""
+        return [k for k, v in metrics.items() if isinstance(v, float)]
 
     def describe(self, split) -> str:
         """A few words on what the split asks of a model, for progress lines."""

@@ -25,6 +25,12 @@ class Classification(Task):
     kind = "classification"
     headline = "accuracy"
     summary_metrics = ("accuracy", "f1_macro", "roc_auc")
+    outputs_are_probabilities = True
+    REPORTED = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
+
+    def report_metrics(self, metrics, classes):
+        binary = ("precision", "recall", "f1") if len(classes) == 2 else ()
+        return [*self.REPORTED[:2], *binary, *self.REPORTED[2:], "roc_auc", "log_loss"]
 
     def describe(self, split):
         return f"{split.num_classes} classes"

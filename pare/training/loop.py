@@ -101,70 +101,38 @@ def fit(
     optimizer = make_optimizer(
         params if params is not None else [p for p in model.parameters() if p.requires_grad], cfg
     )
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    state = TrainState(model=model, optimizer=optimizer, config=cfg)
-    forward = distributed.wrap(model)  # under torchrun: gradients averaged over the processes
-    n_procs = distributed.world()[1]
+    run = _Run(
+        task=t,
+        state=TrainState(model=model, optimizer=optimizer, config=cfg),
+        hooks=list(hooks),
+        forward=distributed.wrap(model),  # under torchrun: gradients averaged over the processes
+        scheduler=make_scheduler(optimizer, cfg, -(-len(train) // cfg.batch_size)),
+        description=description,
+    )
     history = History()
     best_loss, best_state, bad_epochs = float("inf"), None, 0
     start = time.perf_counter()
     for h in hooks:
-        h.on_train_start(state)
+        h.on_train_start(run.state)
     with progress_bar(description, cfg.epochs) as bar:
         for epoch in range(cfg.epochs):
-            state.epoch = epoch
+            run.state.epoch = epoch
             epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
-            model.train()
-            sums = {"loss": 0.0, "correct": 0, "n": 0}
-            term_sums: dict[str, float] = {}
-            for full in batch_indices(len(train), cfg.batch_size, generator):
-                idx = distributed.shard(full)
-                x, y = t.inputs(train.X[idx]), train.y[idx]
-                state.inputs, state.targets, state.indices = x, y, idx
-                for h in hooks:
-                    h.before_step(state)
-                with contextlib.ExitStack() as stack:
-                    for h in hooks:
-                        stack.enter_context(h.forward_context(state))
-                    state.outputs = forward(state.inputs)
-                task_loss = t.loss(state.outputs, state.targets)
-                loss = state.task_weight * task_loss
-                for h in hooks:
-                    for name, term in h.loss_terms(state).items():
-                        loss = loss + term
-                        term_sums[name] = term_sums.get(name, 0.0) + term.item() * len(y)
-                if not torch.isfinite(loss):
-                    raise PareError(
-                        f"{description}: the loss became {loss.item()} at epoch {epoch + 1}, step {state.step}; "
-                        f"lower train.lr (now {cfg.lr}) or check the data for extreme values"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                # DDP averages the processes' gradients; weighting each by its share of the batch
-                # makes that the whole batch's mean even when the shares differ (last batch)
-                (loss * (n_procs * len(idx) / len(full))).backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                state.step += 1
-                for h in hooks:
-                    h.after_step(state)
-                sums["loss"] += task_loss.item() * len(y)
-                sums["correct"] += t.hits(state.outputs, state.targets)
-                sums["n"] += len(y)
+            sums = run.epoch(train, generator)
             val_loss, val_acc = loss_and_accuracy(model, val, task=task)
+            n = sums.pop("n")
             record = {
                 "epoch": epoch + 1,
-                "train_loss": sums["loss"] / sums["n"],
-                "train_accuracy": sums["correct"] / sums["n"],
+                "train_loss": sums.pop("loss") / n,
+                "train_accuracy": sums.pop("correct") / n,
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
                 "lr": epoch_lr,
-                **{k: v / sums["n"] for k, v in term_sums.items()},
+                **{k: v / n for k, v in sums.items()},  # each hook's loss term
             }
             history.epochs.append(record)
             for h in hooks:
-                h.on_epoch_end(state, record)
+                h.on_epoch_end(run.state, record)
             bar.advance(1, loss=record["train_loss"], val_loss=val_loss, val_acc=val_acc)
             if val_loss < best_loss - 1e-6:
                 best_loss, bad_epochs, history.best_epoch = val_loss, 0, epoch + 1
@@ -178,9 +146,74 @@ def fit(
     if best_state is not None and history.best_epoch != len(history.epochs):
         model.load_state_dict(best_state)
     for h in hooks:
-        h.on_train_end(state)
+        h.on_train_end(run.state)
     model.eval()
     history.seconds = time.perf_counter() - start
+    _print_summary(history, cfg, description)
+    return history
+
+
+@dataclass
+class _Run:
+    """What one call of ``fit`` trains with, so an epoch and a step can be their own functions."""
+
+    task: object
+    state: TrainState
+    hooks: list[Hook]
+    forward: object
+    scheduler: object
+    description: str
+
+    def epoch(self, train: Part, generator) -> dict:
+        """One pass over ``train``: sums of task loss, hits, samples and each hook's loss terms."""
+        self.state.model.train()
+        sums = {"loss": 0.0, "correct": 0, "n": 0}
+        for full in batch_indices(len(train), self.state.config.batch_size, generator):
+            idx = distributed.shard(full)
+            task_loss, terms = self.step(train.X[idx], train.y[idx], idx, len(full))
+            n = len(idx)
+            sums["loss"] += task_loss * n
+            sums["correct"] += self.task.hits(self.state.outputs, self.state.targets)
+            sums["n"] += n
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value * n
+        return sums
+
+    def step(self, X, y, idx, full_batch: int) -> tuple[float, dict[str, float]]:
+        """Forward, loss (task loss weighted, plus the hooks' terms), backward, optimizer step."""
+        state, t, cfg = self.state, self.task, self.state.config
+        state.inputs, state.targets, state.indices = t.inputs(X), y, idx
+        for h in self.hooks:
+            h.before_step(state)
+        with contextlib.ExitStack() as stack:
+            for h in self.hooks:
+                stack.enter_context(h.forward_context(state))
+            state.outputs = self.forward(state.inputs)
+        task_loss = t.loss(state.outputs, state.targets)
+        loss, terms = state.task_weight * task_loss, {}
+        for h in self.hooks:
+            for name, term in h.loss_terms(state).items():
+                loss = loss + term
+                terms[name] = terms.get(name, 0.0) + term.item()
+        if not torch.isfinite(loss):
+            raise PareError(
+                f"{self.description}: the loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step}; "
+                f"lower train.lr (now {cfg.lr}) or check the data for extreme values"
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        # DDP averages the processes' gradients; weighting each by its share of the batch makes
+        # that the whole batch's mean even when the shares differ (last batch)
+        (loss * (distributed.world()[1] * len(idx) / full_batch)).backward()
+        state.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        state.step += 1
+        for h in self.hooks:
+            h.after_step(state)
+        return task_loss.item(), terms
+
+
+def _print_summary(history: History, cfg, description: str) -> None:
     if history.epochs:
         kept = history.epochs[(history.best_epoch or len(history.epochs)) - 1 if cfg.patience else -1]
         stop = ", stopped early" if history.stopped_early else ""
@@ -188,4 +221,3 @@ def fit(
             f"  {description}: {len(history.epochs)} epochs in {history.seconds:.1f}s{stop}; kept epoch "
             f"{kept['epoch']}: val loss {kept['val_loss']:.4f}, val accuracy {kept['val_accuracy']:.4f}"
         )
-    return history

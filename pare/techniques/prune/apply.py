@@ -90,20 +90,31 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
             hooks = [KeepMasks([(selected[n].weight, m) for n, m in masks.items()])] if masks else []
             overrides = {"lr": config.finetune_lr} if config.finetune_lr else {}
             history = ctx.fit(model, hooks=hooks, epochs=config.finetune_epochs, **overrides)
+    info.update(_reached(model, config, selected, masks, example, before))
+    if skipped:
+        info["skipped_groups"] = [{"reason": r, "channels": n} for r, n in skipped.most_common()]
+    info["layers"] = _layer_table(model, selected, masks)
+    if config.reshapes:
+        info["shapes"] = shapes(model)
+    if history is not None:
+        info["history"] = history
+    return model, info
+
+
+def _reached(model, config: PruneConfig, selected: dict, masks: dict, example, before: dict) -> dict:
+    """What the stage removed (params, MACs, zeros) and, when short of the target, a note."""
     after = {"params": count_params(model)["params"], "macs": count_flops(model, example[:1]) // 2}
     nonzero = count_params(model)["nonzero_params"]
-    info.update(
-        {
-            "params_before": before["params"],
-            "params_after": after["params"],
-            "nonzero_after": nonzero,
-            "macs_before": before["macs"],
-            "macs_after": after["macs"],
-            "macs_removed": 1 - after["macs"] / before["macs"],
-            "params_removed": 1 - after["params"] / before["params"],
-            "weights_zero": 1 - nonzero / before["params"],
-        }
-    )
+    info = {
+        "params_before": before["params"],
+        "params_after": after["params"],
+        "nonzero_after": nonzero,
+        "macs_before": before["macs"],
+        "macs_after": after["macs"],
+        "macs_removed": 1 - after["macs"] / before["macs"],
+        "params_removed": 1 - after["params"] / before["params"],
+        "weights_zero": 1 - nonzero / before["params"],
+    }
     selected_zero = sum(int((m.weight == 0).sum()) for m in selected.values()) / sum(
         m.weight.numel() for m in selected.values()
     )
@@ -125,14 +136,7 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
             f"target {config.target} -{config.amount:.0%} not reachable with the prunable layers; "
             f"reached -{reached:.1%}"
         )
-    if skipped:
-        info["skipped_groups"] = [{"reason": r, "channels": n} for r, n in skipped.most_common()]
-    info["layers"] = _layer_table(model, selected, masks)
-    if config.method in ("structured", "heads", "ffn"):
-        info["shapes"] = shapes(model)
-    if history is not None:
-        info["history"] = history
-    return model, info
+    return info
 
 
 def _unit_step(model, config, ctx, fraction, originals, selected) -> dict[str, dict]:
@@ -147,7 +151,7 @@ def _unit_step(model, config, ctx, fraction, originals, selected) -> dict[str, d
             f"(zoo transformer/gpt, Hugging Face BERT-style); use method: structured for other models"
         )
     grads = None
-    if config.criterion == "taylor":
+    if config.criterion in criteria.NEEDS_GRADIENTS:
         modules = {m for u in layers for m, _, _ in u.slices(model, 0)}
         grads = criteria.gradients(model, list(modules), _score_batches(ctx, config), ctx.split.kind)
     scores = {u.name: transformer.unit_scores(model, u, config.criterion, grads) for u in layers}
@@ -232,7 +236,7 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> None:
 def _mask_step(model, config, ctx, fraction, selected) -> dict[str, torch.Tensor]:
     grads = (
         criteria.gradients(model, list(selected.values()), _score_batches(ctx, config), ctx.split.kind)
-        if config.criterion == "taylor"
+        if config.criterion in criteria.NEEDS_GRADIENTS
         else None
     )
     scores = {n: criteria.weight_scores(m, config.criterion, grads) for n, m in selected.items()}
@@ -330,10 +334,10 @@ def _group_scores(model, config, ctx, groups) -> dict[tuple, float]:
     producers = {name for g in groups for name, _ in g.producers}
     modules = {name: model.get_submodule(name) for name in producers}
     per_module: dict[str, torch.Tensor] = {}
-    if config.criterion in ("l1", "l2", "random", "taylor"):
+    if config.criterion in criteria.CHANNEL_CRITERIA:
         grads = (
             criteria.gradients(model, list(modules.values()), _score_batches(ctx, config), ctx.split.kind)
-            if config.criterion == "taylor"
+            if config.criterion in criteria.NEEDS_GRADIENTS
             else None
         )
         per_module = {n: criteria.channel_scores(m, config.criterion, grads) for n, m in modules.items()}
@@ -410,7 +414,7 @@ def export(
 def restore(model: nn.Module, config: PruneConfig, info: dict) -> nn.Module:
     if config.method == "blocks":
         return drop(model, info["dropped_blocks"])
-    return reshape(model, info["shapes"]) if config.method in ("structured", "heads", "ffn") else model
+    return reshape(model, info["shapes"]) if config.reshapes else model
 
 
 register(

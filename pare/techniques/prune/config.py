@@ -34,6 +34,11 @@ class PruneConfig(Config):
     layers: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
 
+    @property
+    def reshapes(self) -> bool:
+        """Whole channels, heads or neurons go: the layers get smaller and are rebuilt on resume."""
+        return self.method in ("structured", "heads", "ffn")
+
     def check(self) -> list[str]:
         problems = []
         if self.method == "blocks" and self.target == "sparsity":

@@ -6,35 +6,43 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from pare.tasks import get_task
+
 
 def _rows(w: torch.Tensor) -> torch.Tensor:
     return w.detach().reshape(w.shape[0], -1)
 
 
+# criterion name -> score(weight, grad) per weight, and per output channel (rows of the weight)
+WEIGHT_CRITERIA = {
+    "l1": lambda w, g: w.abs(),
+    "l2": lambda w, g: w.abs(),
+    "taylor": lambda w, g: (w * g).abs(),  # first-order estimate of the loss change |w dL/dw|
+    "random": lambda w, g: torch.rand_like(w),
+}
+CHANNEL_CRITERIA = {
+    "l1": lambda w, g: w.abs().sum(1),
+    "l2": lambda w, g: w.pow(2).sum(1).sqrt(),
+    "taylor": lambda w, g: (w * g).sum(1).abs(),  # Taylor expansion on the whole filter
+    "random": lambda w, g: torch.rand(w.shape[0]),
+}
+NEEDS_GRADIENTS = {"taylor"}
+
+
 def weight_scores(module: nn.Module, criterion: str, grads: dict | None = None) -> torch.Tensor:
     """Per-weight scores for unstructured pruning."""
-    w = module.weight.detach()
-    if criterion in ("l1", "l2"):
-        return w.abs()
-    if criterion == "taylor":
-        return (w * grads[module]).abs()  # first-order estimate of the loss change |w dL/dw|
-    if criterion == "random":
-        return torch.rand_like(w)
-    raise ValueError(f"criterion {criterion!r} scores channels, not single weights")
+    if criterion not in WEIGHT_CRITERIA:
+        raise ValueError(f"criterion {criterion!r} scores channels, not single weights")
+    grad = grads[module] if criterion in NEEDS_GRADIENTS else None
+    return WEIGHT_CRITERIA[criterion](module.weight.detach(), grad)
 
 
 def channel_scores(module: nn.Module, criterion: str, grads: dict | None = None) -> torch.Tensor:
     """Per-output-channel scores of a Conv2d/Linear producer."""
-    w = _rows(module.weight)
-    if criterion == "l1":
-        return w.abs().sum(1)
-    if criterion == "l2":
-        return w.pow(2).sum(1).sqrt()
-    if criterion == "taylor":
-        return (w * _rows(grads[module])).sum(1).abs()  # Taylor expansion on the whole filter
-    if criterion == "random":
-        return torch.rand(w.shape[0])
-    raise ValueError(f"criterion {criterion!r} needs activations or BatchNorm, not weights")
+    if criterion not in CHANNEL_CRITERIA:
+        raise ValueError(f"criterion {criterion!r} needs activations or BatchNorm, not weights")
+    grad = _rows(grads[module]) if criterion in NEEDS_GRADIENTS else None
+    return CHANNEL_CRITERIA[criterion](_rows(module.weight), grad)
 
 
 @torch.no_grad()
@@ -57,8 +65,6 @@ def activation_entropy(outputs: torch.Tensor, bins: int = 32) -> torch.Tensor:
 def gradients(model: nn.Module, modules: list[nn.Module], batches, task: str = "classification") -> dict:
     """Summed dL/dw of each module's weight over a few training batches (for Taylor scores),
     with the task's own loss."""
-    from pare.tasks import get_task
-
     t = get_task(task)
     grads = {m: torch.zeros_like(m.weight) for m in modules}
     was_training = model.training

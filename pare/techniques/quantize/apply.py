@@ -206,7 +206,7 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
         info["skipped_layers"] = unsupported
         listed = ", ".join(f"{u['layer']} ({u['type']})" for u in unsupported)
         console.print(f"[yellow]  quantize: skipping layers of unsupported types: {listed}[/]")
-    if config.mode in ("static", "qat", "dynamic"):
+    if config.folds_batchnorm:
         model = _fold(model, config)
     sens = None
     if config.sensitivity or config.mixed is not None:
@@ -216,7 +216,7 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
     if config.mixed is not None:
         chosen = allocate_bits(model, specs, sens, config.mixed, ctx)
         specs = {n: dataclasses.replace(s, bits=chosen[n]) for n, s in specs.items()}
-    if config.mode == "weight_only" or (config.mode == "qat" and config.weight_bits < 8):
+    if config.packed:
         # GPTQ aims each layer at the float model's outputs: keep that model to read them from
         reference = copy.deepcopy(model) if config.method == "gptq" and config.input_drift else None
         model = wrap_layers(model, specs)
@@ -387,9 +387,9 @@ def restore(model: nn.Module, config: QuantizeConfig, info: dict) -> nn.Module:
     specs, _ = layer_specs(model, config)
     bits = {row["layer"]: row["bits"] for row in info.get("layers", [])}
     specs = {n: dataclasses.replace(s, bits=bits.get(n, s.bits)) for n, s in specs.items()}
-    if config.mode in ("static", "qat", "dynamic"):
+    if config.folds_batchnorm:
         model = _fold(model, config)
-    if config.mode == "weight_only" or (config.mode == "qat" and config.weight_bits < 8):
+    if config.packed:
         model = wrap_layers(model, specs)
         if config.method != "rtn":
             _pin_placeholders(model, specs, config)

@@ -74,6 +74,16 @@ class QuantizeConfig(Config):
         return self.bits if self.bits is not None else DEFAULT_BITS.get(self.scheme, 8)
 
     @property
+    def packed(self) -> bool:
+        """Weights become low-bit codes in pare's packed file (weight-only, or QAT below 8 bits)."""
+        return self.mode == "weight_only" or (self.mode == "qat" and self.weight_bits < 8)
+
+    @property
+    def folds_batchnorm(self) -> bool:
+        """The graph is traced and BatchNorm folded first (the modes that export to ONNX Runtime)."""
+        return self.mode in ("static", "qat", "dynamic")
+
+    @property
     def int8_tables(self) -> bool:
         """Dynamic mode stores token embedding tables as int8 rows too."""
         return self.mode == "dynamic" and self.embeddings

@@ -150,25 +150,15 @@ def export_dynamic(
     params = dict(float_model.named_parameters())
     transposed_of = {_fingerprint(params[k].detach().numpy().T): k for k in weights if params[k].dim() == 2}
     tables = {_fingerprint(params[k].detach().numpy()): k for k in embeddings}
-    nodes = []
-    counter = 0
+    nodes, counter = [], 0  # numbering of the rewritten nodes' tensors
     for node in graph.node:
         if node.op_type == "Gather" and node.input[0] in inits:
             key = _param_key(node.input[0], dict.fromkeys(embeddings)) or tables.get(
                 _fingerprint(consts[node.input[0]])
             )
-            if key is not None:  # int8 rows and their scales, gathered by the same ids
-                codes, scale, _ = embedding_int8(params[key])
-                p = f"pare_emb{counter}_"
+            if key is not None:
+                nodes += _int8_gather(graph, node, params[key], f"pare_emb{counter}_")
                 counter += 1
-                graph.initializer.append(numpy_helper.from_array(codes.numpy(), p + "w"))
-                graph.initializer.append(
-                    numpy_helper.from_array(scale.numpy()[:, None].astype(np.float32), p + "s")
-                )
-                nodes.append(helper.make_node("Gather", [p + "w", node.input[1]], [p + "q"], axis=0))
-                nodes.append(helper.make_node("Gather", [p + "s", node.input[1]], [p + "qs"], axis=0))
-                nodes.append(helper.make_node("Cast", [p + "q"], [p + "qf"], to=onnx.TensorProto.FLOAT))
-                nodes.append(helper.make_node("Mul", [p + "qf", p + "qs"], [node.output[0]]))
                 continue
         w_name = node.input[1] if len(node.input) > 1 else None
         key = _param_key(w_name, weights)
@@ -177,43 +167,8 @@ def export_dynamic(
         if node.op_type not in ("Conv", "Gemm", "MatMul") or key is None or w_name not in inits:
             nodes.append(node)
             continue
-        q = weights[key]
-        codes, scale = np.asarray(q["codes"], dtype=np.int8), np.asarray(q["scale"], dtype=np.float32)
-        p = f"pare_dq{counter}_"
+        nodes += _integer_op(graph, node, weights[key], consts, f"pare_dq{counter}_")
         counter += 1
-        x = node.input[0]
-        nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [p + "xq", p + "xs", p + "xz"]))
-        out = node.output[0]
-        if node.op_type == "Conv":
-            graph.initializer.append(numpy_helper.from_array(codes, p + "w"))
-            graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.int8), p + "wz"))
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            nodes.append(
-                helper.make_node("ConvInteger", [p + "xq", p + "w", p + "xz", p + "wz"], [p + "acc"], **attrs)
-            )
-            rescale_shape = (1, -1, 1, 1)
-        else:
-            # MatMulInteger takes B as (in, out); the codes are the Linear's (out, in) weight
-            b = codes.T
-            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b), p + "w"))
-            graph.initializer.append(numpy_helper.from_array(np.zeros(b.shape[1], np.int8), p + "wz"))
-            nodes.append(
-                helper.make_node("MatMulInteger", [p + "xq", p + "w", p + "xz", p + "wz"], [p + "acc"])
-            )
-            rescale_shape = (-1,)
-        graph.initializer.append(numpy_helper.from_array(scale.reshape(rescale_shape), p + "ws"))
-        nodes.append(helper.make_node("Cast", [p + "acc"], [p + "accf"], to=onnx.TensorProto.FLOAT))
-        nodes.append(helper.make_node("Mul", [p + "xs", p + "ws"], [p + "s"]))
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if bias is None:
-            nodes.append(helper.make_node("Mul", [p + "accf", p + "s"], [out]))
-        else:
-            nodes.append(helper.make_node("Mul", [p + "accf", p + "s"], [p + "scaled"]))
-            if node.op_type == "Conv":
-                b_arr = consts[bias].reshape(1, -1, 1, 1)
-                graph.initializer.append(numpy_helper.from_array(b_arr.astype(np.float32), p + "b"))
-                bias = p + "b"
-            nodes.append(helper.make_node("Add", [p + "scaled", bias], [out]))
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input}
@@ -223,6 +178,53 @@ def export_dynamic(
     model = shorten_names(model)
     atomic_write(path, lambda tmp: onnx.save(model, tmp))
     return Path(path).stat().st_size
+
+
+def _int8_gather(graph, node, table: torch.Tensor, p: str) -> list:
+    """A Gather of float rows as a Gather of int8 rows and one of their scales, multiplied."""
+    codes, scale, _ = embedding_int8(table)
+    graph.initializer.append(numpy_helper.from_array(codes.numpy(), p + "w"))
+    graph.initializer.append(numpy_helper.from_array(scale.numpy()[:, None].astype(np.float32), p + "s"))
+    return [
+        helper.make_node("Gather", [p + "w", node.input[1]], [p + "q"], axis=0),
+        helper.make_node("Gather", [p + "s", node.input[1]], [p + "qs"], axis=0),
+        helper.make_node("Cast", [p + "q"], [p + "qf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", [p + "qf", p + "qs"], [node.output[0]]),
+    ]
+
+
+def _integer_op(graph, node, q: dict, consts: dict, p: str) -> list:
+    """Conv/Gemm/MatMul as DynamicQuantizeLinear + ConvInteger/MatMulInteger on pare's int8
+    codes, rescaled by input scale x per-channel weight scale, plus the float bias."""
+    codes, scale = np.asarray(q["codes"], dtype=np.int8), np.asarray(q["scale"], dtype=np.float32)
+    nodes = [helper.make_node("DynamicQuantizeLinear", [node.input[0]], [p + "xq", p + "xs", p + "xz"])]
+    integer_inputs = [p + "xq", p + "w", p + "xz", p + "wz"]
+    if node.op_type == "Conv":
+        graph.initializer.append(numpy_helper.from_array(codes, p + "w"))
+        graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.int8), p + "wz"))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        nodes.append(helper.make_node("ConvInteger", integer_inputs, [p + "acc"], **attrs))
+        rescale_shape = (1, -1, 1, 1)
+    else:
+        b = codes.T  # MatMulInteger takes B as (in, out); the codes are the Linear's (out, in) weight
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b), p + "w"))
+        graph.initializer.append(numpy_helper.from_array(np.zeros(b.shape[1], np.int8), p + "wz"))
+        nodes.append(helper.make_node("MatMulInteger", integer_inputs, [p + "acc"]))
+        rescale_shape = (-1,)
+    graph.initializer.append(numpy_helper.from_array(scale.reshape(rescale_shape), p + "ws"))
+    nodes.append(helper.make_node("Cast", [p + "acc"], [p + "accf"], to=onnx.TensorProto.FLOAT))
+    nodes.append(helper.make_node("Mul", [p + "xs", p + "ws"], [p + "s"]))
+    out, bias = node.output[0], node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is None:
+        nodes.append(helper.make_node("Mul", [p + "accf", p + "s"], [out]))
+        return nodes
+    nodes.append(helper.make_node("Mul", [p + "accf", p + "s"], [p + "scaled"]))
+    if node.op_type == "Conv":
+        b_arr = consts[bias].reshape(1, -1, 1, 1)
+        graph.initializer.append(numpy_helper.from_array(b_arr.astype(np.float32), p + "b"))
+        bias = p + "b"
+    nodes.append(helper.make_node("Add", [p + "scaled", bias], [out]))
+    return nodes
 
 
 def _fingerprint(array: np.ndarray) -> tuple:
