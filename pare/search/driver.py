@@ -9,9 +9,9 @@ run reproduces the validation number and artifact size the search reported.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,7 +245,8 @@ def _search(kind, study, out, objective, objectives, limits, trials, base, final
     import optuna
 
     study.optimize(objective, n_trials=trials, catch=(PareError, RuntimeError, ValueError))
-    shutil.rmtree(out / "work", ignore_errors=True)
+    with contextlib.suppress(OSError):  # each trial removed its own folder; other workers may still
+        (out / "work").rmdir()  # be writing theirs under a shared --out, so never remove those
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise PareError(f"no trial of study {study.study_name!r} finished; see the errors above")
