@@ -29,36 +29,8 @@ class Config:
     renamed: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self):
-        if _BUILDING.get():
-            return
-        problems: list[str] = []
-        check_fields(self, "", problems)
-        if problems:
-            raise ConfigError(problems)
-
-
-def check_fields(obj: Any, path: str, problems: list[str]) -> None:
-    """Types, ranges and ``check()`` of an already built config (nested ones checked themselves)."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        where = _join(path, f.name)
-        if not isinstance(value, Config):  # a nested config checked itself when it was built
-            token = _BUILDING.set(True)
-            try:
-                _coerce(hints[f.name], to_dict(value), where, problems)
-            finally:
-                _BUILDING.reset(token)
-        for op, bound in f.metadata.get("bounds", {}).items():
-            if (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and not _within(value, op, bound)
-            ):
-                problems.append(f"{where}: {value!r} must be {_OPS[op]} {bound}")
-    check = getattr(obj, "check", None)
-    if check is not None:
-        problems.extend(f"{path + ': ' if path else ''}{p}" for p in check())
+        if not _BUILDING.get():  # built in Python: check it as if it came from a recipe
+            from_dict(type(self), to_dict(self))
 
 
 def param(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None, factory=None):

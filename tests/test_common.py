@@ -14,8 +14,9 @@ import dataclasses
 import pytest
 import torch
 
-from pare.config import ConfigError, from_dict, to_dict
+from pare.config import from_dict, to_dict
 from pare.cost import count_flops
+from pare.errors import ConfigError
 from pare.export import export_onnx, load_weights_file, save_weights
 from pare.recipes.pipeline import Built, Step, ship
 from pare.registry import techniques

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from pare.data import Split
-from pare.evaluate import evaluate
+from pare.evaluate import validation_metrics
 from pare.tasks import get_task
 from pare.training import History, fit
 
@@ -46,7 +46,7 @@ class StageContext:
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Validation metrics (no intervals) for choices made inside a technique."""
-        return evaluate(model, self.split.val, self.split.classes, task=self.split.kind, bootstrap=0).metrics
+        return validation_metrics(model, self.split)
 
     def metric(self, model: nn.Module) -> float:
         """The task's headline validation metric as it is (accuracy, Recall@1, perplexity, R²)."""

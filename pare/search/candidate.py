@@ -23,16 +23,13 @@ LATENCY_REPEATS = 20
 def measure(recipe, split, work_dir: Path, baseline=None, hooks=()) -> dict:
     """Validation headline and cost of the recipe's last stage (or of its baseline)."""
     given = None if baseline is None else {"baseline": baseline}
+
+    def folder(index, step):
+        return work_dir / f"{index:02d}-{step.name}"
+
     try:
-        *_, last = fold_models(
-            recipe,
-            split,
-            0,
-            lambda index, step: work_dir / f"{index:02d}-{step.name}",
-            given=given,
-            hooks=hooks,
-        )
-        return _measure_model(last, split, work_dir / f"{len(recipe.stages):02d}-{last.step.name}")
+        *_, last = fold_models(recipe, split, 0, folder, given=given, hooks=hooks)
+        return _measure_model(last, split, folder(len(recipe.stages), last.step))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -108,6 +108,7 @@ def fit(
         forward=distributed.wrap(model),  # under torchrun: gradients averaged over the processes
         scheduler=make_scheduler(optimizer, cfg, -(-len(train) // cfg.batch_size)),
         description=description,
+        processes=distributed.world()[1],
     )
     history = History()
     best_loss, best_state, bad_epochs = float("inf"), None, 0
@@ -163,6 +164,7 @@ class _Run:
     forward: object
     scheduler: object
     description: str
+    processes: int
 
     def epoch(self, train: Part, generator) -> dict:
         """One pass over ``train``: sums of task loss, hits, samples and each hook's loss terms."""
@@ -203,7 +205,7 @@ class _Run:
         state.optimizer.zero_grad(set_to_none=True)
         # DDP averages the processes' gradients; weighting each by its share of the batch makes
         # that the whole batch's mean even when the shares differ (last batch)
-        (loss * (distributed.world()[1] * len(idx) / full_batch)).backward()
+        (loss * (self.processes * len(idx) / full_batch)).backward()
         state.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

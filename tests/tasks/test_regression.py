@@ -23,6 +23,18 @@ def test_metrics_match_scikit_learn_and_intervals_hold_them():
         assert lo < ev.metrics[k] < hi
 
 
+def test_resampled_metrics_equal_scikit_learn_on_each_resample():
+    from pare.metrics.bootstrap import resample_indices
+    from pare.metrics.regression import METRICS, _resampled
+
+    rng = np.random.default_rng(1)
+    y, pred = rng.normal(size=50), rng.normal(size=50)
+    idx = resample_indices(50, 5, seed=0)
+    values = _resampled(y, pred, idx)
+    for name, metric in METRICS.items():
+        assert values[name] == pytest.approx([metric(y[i], pred[i]) for i in idx])
+
+
 def test_drop_is_points_for_scores_and_percent_for_perplexity():
     assert get_task("regression").drop(0.50, 0.45) == pytest.approx(5.0)
     assert get_task("classification").drop(0.90, 0.92) == pytest.approx(-2.0)
