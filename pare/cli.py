@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,11 +34,21 @@ def _cmd_recipes(args) -> None:
 
 def _cmd_validate(args) -> None:
     from pare.recipes import load_recipe
+    from pare.recipes.pipeline import recipe_model, recipe_splits
+    from pare.recipes.runner import check_out
 
     recipe = load_recipe(args.recipe)
+    check_out(Path(args.out or Path("runs") / recipe.name))
+    # what `pare run` does before it trains: load and split the data, build the model once and
+    # run a batch of two through it (shapes, classes, vocabulary, size)
+    split = recipe_splits(recipe)[0]
+    params = sum(p.numel() for p in recipe_model(recipe, split).parameters())
     model = recipe.model.name or recipe.model.factory or recipe.model.hf
     stages = ", ".join(f"{s.name} ({s.technique})" for s in recipe.stages) or "none"
-    print(f"{args.recipe}: valid. data={recipe.data.source}, model={model}, stages: {stages}")
+    print(
+        f"{args.recipe}: valid. data={recipe.data.source} ({split.kind}, {split.sizes()}), "
+        f"model={model} ({params:,} parameters), stages: {stages}"
+    )
 
 
 def _cmd_lr_find(args) -> None:
@@ -67,15 +78,18 @@ def _cmd_lr_find(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    import json
-
+    from pare.io import read_results
     from pare.reporting import print_summary, write_report
 
     path = Path(args.dir) / "results.json"
-    if not path.exists():
-        raise PareError(f"{path} does not exist; give the --out folder of a finished `pare run`")
-    results = json.loads(path.read_text())
-    paths = write_report(results, args.dir)
+    results = read_results(path)
+    try:
+        paths = write_report(results, args.dir)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise PareError(
+            f"{path}: a stage record is damaged or from another pare version ({type(e).__name__}: {e}); "
+            f"re-run the recipe to rebuild it"
+        ) from None
     print_summary(results)
     print(f"report: {paths['html']}")
 
@@ -141,10 +155,25 @@ def _cmd_estimate_memory(args) -> None:
     )
 
 
+def _count(low: int):
+    """An argparse type: a whole number of at least ``low``, refused by name otherwise (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
+
+
 def _search_args(p) -> None:
     p.add_argument("recipe", nargs="?", default="default", help="YAML file or built-in name")
     p.add_argument("--out", help="output folder (default: runs/<recipe name>-<command>)")
-    p.add_argument("--trials", type=int, default=20, help="trials this worker runs")
+    p.add_argument("--trials", type=_count(1), default=20, help="trials this worker runs")
     p.add_argument("--storage", help="Optuna storage URL shared by workers (default: SQLite file in --out)")
     p.add_argument("--study", help="study name; workers with the same name and storage share it")
     p.add_argument("--sampler", choices=["auto", "tpe", "random", "nsga2"], default="auto")
@@ -173,7 +202,8 @@ def _cmd_search(args, kind: str) -> None:
         techniques = args.techniques.split(",") if args.techniques else None
         summary = auto(recipe, out, allowed=techniques, **common)
     else:
-        summary = nas(recipe, out, objectives=tuple(args.objectives.split(",")), **common)
+        objectives = tuple(o.strip() for o in args.objectives.split(","))
+        summary = nas(recipe, out, objectives=objectives, **common)
     print(
         f"study: {summary['study']}, {len(summary['trials'])} trials; Pareto front: trials {summary['front']}"
     )
@@ -187,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pare", description="Compress neural networks and measure what it cost and bought."
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument(
+        "--safe",
+        action="store_true",
+        help="for recipes from elsewhere: import no factory or model package outside the zoo and PARE_ALLOW",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a recipe: baseline, stages, evaluation, report")
@@ -201,14 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(func=_cmd_recipes)
     sub.add_parser("techniques", help="list the registered techniques").set_defaults(func=_cmd_techniques)
 
-    v = sub.add_parser("validate", help="check a recipe and report every problem at once")
+    v = sub.add_parser(
+        "validate", help="check a recipe (data loaded, model built once) and report every problem at once"
+    )
     v.add_argument("recipe")
+    v.add_argument("--out", help="the output folder `pare run` would use (default: runs/<recipe name>)")
     v.set_defaults(func=_cmd_validate)
 
     f = sub.add_parser("lr-find", help="learning-rate range test with a plot")
     f.add_argument("recipe", nargs="?", default="default")
     f.add_argument("--out")
-    f.add_argument("--steps", type=int, default=100)
+    f.add_argument("--steps", type=_count(1), default=100)
     f.set_defaults(func=_cmd_lr_find)
 
     m = sub.add_parser(
@@ -216,12 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("recipe", nargs="?", default="default", help="recipe whose model and data shape to use")
     m.add_argument("--hf", help="a Hugging Face model folder, package or config.json instead of a recipe")
-    m.add_argument("--batch-size", type=int, default=32)
-    m.add_argument("--seq-len", type=int, help="tokens per sequence (text models)")
+    m.add_argument("--batch-size", type=_count(1), default=32)
+    m.add_argument("--seq-len", type=_count(1), help="tokens per sequence (text models)")
     m.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw")
     m.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast")
     m.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
-    m.add_argument("--lora-rank", type=int, help="LoRA adapters of this rank on every Linear")
+    m.add_argument("--lora-rank", type=_count(1), help="LoRA adapters of this rank on every Linear")
     m.add_argument("--kv-cache", action="store_true", help="also the K/V cache of inference (causal models)")
     m.add_argument("--measure", action="store_true", help="also run the step for real on CPU and measure")
     m.set_defaults(func=_cmd_estimate_memory)
@@ -248,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.safe:
+        os.environ["PARE_SAFE"] = "1"
     from pare.training.distributed import init_from_env
 
     init_from_env()  # under torchrun: join the process group

@@ -7,9 +7,11 @@ with ``param(..., ge=0)``, then calls the config's own ``check()`` for cross-fie
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, ClassVar, Literal, TypeVar, Union
@@ -166,14 +168,19 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if tp is float:
         # YAML reads "1e-3" (no dot) as a string; accept numeric strings for floats only.
         if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{path}: expected a number, got {value!r}")
             return None
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            value = float("inf")
+        if not math.isfinite(value):
+            problems.append(f"{path}: expected a finite number, got {value!r}")
+            return None
+        return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append(f"{path}: expected a whole number, got {value!r}")

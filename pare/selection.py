@@ -23,6 +23,27 @@ def matches(name: str, pattern: str) -> bool:
     return name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
+PATTERN_KEYS = ("layers", "exclude", "trainable", "overrides")  # config keys that hold layer patterns
+
+
+def pattern_problems(config) -> list[str]:
+    """``re:`` patterns of a technique config that do not compile, checked before any model is
+    built (``pare validate``); dict keys count too (``overrides``)."""
+    problems = []
+    for key in PATTERN_KEYS:
+        value = getattr(config, key, None)
+        for pattern in list(value or ()):
+            if isinstance(pattern, str) and pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as e:
+                    problems.append(
+                        f"{key}: {pattern!r} is not a valid regular expression ({e}); "
+                        f"escape special characters, e.g. re:blocks\\.0\\..*"
+                    )
+    return problems
+
+
 def _type_ok(module: nn.Module, types: Iterable) -> bool:
     return any(isinstance(module, t) if isinstance(t, type) else type(module).__name__ == t for t in types)
 

@@ -42,11 +42,16 @@ def resize_images(ds: Dataset, size: tuple[int, int]) -> Dataset:
     return Dataset(name=f"{ds.name}-{size[0]}x{size[1]}", X=X, y=ds.y, classes=ds.classes)
 
 
-def _existing(path: str | Path, what: str) -> Path:
+def _existing(path: str | Path, what: str, folder: bool = False) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"{what} {str(p)!r} does not exist; check data.path in the recipe")
+    if p.is_dir() and not folder:
+        raise DataError(f"{what} {str(p)!r} is a folder, not a file; set data.path to the file itself")
     return p
+
+
+_MISSING_LABELS = {"", "nan", "none", "null", "na", "n/a"}
 
 
 def _encode_labels(raw: list[str], source: str) -> tuple[np.ndarray, list[str]]:
@@ -60,8 +65,16 @@ def _encode_labels(raw: list[str], source: str) -> tuple[np.ndarray, list[str]]:
 
 def load_csv(path: str | Path, label_column: str) -> Dataset:
     p = _existing(path, "CSV file")
-    with p.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); is it a CSV file? "
+            f"Save it as UTF-8 (or give an NPZ file with source: npz)"
+        ) from None
+    except csv.Error as e:
+        raise DataError(f"{p}: cannot read as CSV ({e})") from None
     if not rows:
         raise DataError(f"{p}: the CSV file is empty")
     header, body = [h.strip() for h in rows[0]], rows[1:]
@@ -95,9 +108,13 @@ def load_csv(path: str | Path, label_column: str) -> Dataset:
                     f"{p}, line {line}, column {features[c]!r}: {v!r} is missing or infinite; "
                     f"clean or impute it before training"
                 )
-    if any(not v for v in labels):
-        r = labels.index("")
-        raise DataError(f"{p}, line {r + 2}: the label column {label_column!r} is empty")
+    missing = [r for r, v in enumerate(labels) if v.lower() in _MISSING_LABELS]
+    if missing:
+        r = missing[0]
+        raise DataError(
+            f"{p}, line {r + 2}: the label column {label_column!r} is missing ({labels[r]!r}) on "
+            f"{len(missing)} row(s); drop or label those rows"
+        )
     y, classes = _encode_labels(labels, str(p))
     return Dataset(name=p.name, X=X, y=y, classes=classes)
 
@@ -119,7 +136,25 @@ def load_npz(path: str | Path) -> Dataset:
         raise DataError(f"{p}: cannot read as NPZ ({e}); write it with numpy.savez") from None
     if not np.issubdtype(X.dtype, np.number):
         raise DataError(f"{p}: X has dtype {X.dtype}, expected numbers")
-    y_enc, classes = _encode_labels([str(v) for v in y.tolist()], str(p))
+    if y.ndim != 1 or len(y) != len(X):
+        raise DataError(
+            f"{p}: y has shape {y.shape}, expected one label per sample ({len(X)},); "
+            f"store class indices or names, not one-hot rows"
+        )
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        bad = np.flatnonzero(~np.isfinite(y))
+        raise DataError(
+            f"{p}: y holds {len(bad)} missing or infinite label(s) (first at index {bad[0]}); "
+            f"drop or label those samples"
+        )
+    labels = [str(v) for v in y.tolist()]
+    missing = [i for i, v in enumerate(labels) if v.strip().lower() in _MISSING_LABELS]
+    if missing:
+        raise DataError(
+            f"{p}: y holds {len(missing)} missing label(s) ({labels[missing[0]]!r} at index {missing[0]}); "
+            f"drop or label those samples"
+        )
+    y_enc, classes = _encode_labels(labels, str(p))
     return Dataset(name=p.name, X=X.astype(np.float32), y=y_enc, classes=classes)
 
 
@@ -127,7 +162,7 @@ def load_image_folder(path: str | Path, image_size: tuple[int, int] | None, chan
     """One sub-folder per class. Without ``image_size`` all images must share one size."""
     from PIL import Image, UnidentifiedImageError
 
-    root = _existing(path, "image folder")
+    root = _existing(path, "image folder", folder=True)
     if not root.is_dir():
         raise DataError(f"{root}: expected a folder with one sub-folder per class")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())

@@ -20,7 +20,16 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
 
 
 def load_weights_file(model: nn.Module, path: str | Path) -> nn.Module:
-    load_model(model, str(path), strict=True)
+    """A stage's own saved weights into ``model`` (strict: every tensor, every shape)."""
+    from pare.errors import PareError
+
+    try:
+        load_model(model, str(path), strict=True)
+    except Exception as e:  # truncated header, wrong shapes, missing tensors
+        raise PareError(
+            f"{path}: cannot load these weights into the stage's model ({type(e).__name__}: "
+            f"{str(e)[:300]}); the file is damaged or from another recipe; re-run without --resume"
+        ) from None
     return model
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
+import typing
 from pathlib import Path
 
 import torch
@@ -13,12 +15,40 @@ import torch.nn as nn
 
 from pare.config import did_you_mean
 from pare.errors import UnsupportedModelError
-from pare.models.zoo import ZOO
+from pare.models.trust import refuse_unsafe
+from pare.models.zoo import ARG_RANGES, ZOO
+
+DEFAULT_MAX_PARAMS = 1_000_000_000
+TRAIN_BYTES_PER_PARAM = 16  # fp32 weights, gradients and Adam's two moments
 
 
 def zoo_options(name: str) -> list[str]:
     params = list(inspect.signature(ZOO[name].__init__).parameters)
     return [p for p in params if p not in ("self", "input_shape", "num_classes")]
+
+
+def _zoo_arg_problems(name: str, args: dict) -> list[str]:
+    opts = zoo_options(name)
+    hints = typing.get_type_hints(ZOO[name].__init__)
+    problems = []
+    for key, value in args.items():
+        where = f"model.args.{key}"
+        if key not in opts:
+            problems.append(
+                f"{where}: {name!r} has no option {key!r}{did_you_mean(key, opts)}; options: {', '.join(opts)}"
+            )
+            continue
+        wants_int = hints.get(key) is int
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (wants_int and not isinstance(value, int)):
+            problems.append(
+                f"{where}: expected {'a whole number' if wants_int else 'a number'}, got {value!r}"
+            )
+            continue
+        low, high = ARG_RANGES.get(key, (None, None))
+        if low is not None and not low <= value <= high:
+            problems.append(f"{where}: {value!r} is out of range for {name!r}; use {low} to {high}")
+    return problems
 
 
 def check_model_config(cfg) -> list[str]:
@@ -36,12 +66,7 @@ def check_model_config(cfg) -> list[str]:
             return [
                 f"model.name: {cfg.name!r} is not a zoo model{did_you_mean(cfg.name, ZOO)}; zoo: {', '.join(ZOO)}"
             ]
-        opts = zoo_options(cfg.name)
-        return [
-            f"model.args.{k}: {cfg.name!r} has no option {k!r}{did_you_mean(k, opts)}; options: {', '.join(opts)}"
-            for k in cfg.args
-            if k not in opts
-        ]
+        return _zoo_arg_problems(cfg.name, cfg.args)
     try:
         resolve_factory(cfg.factory)
     except UnsupportedModelError as e:
@@ -49,10 +74,16 @@ def check_model_config(cfg) -> list[str]:
     return []
 
 
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
 def resolve_factory(spec: str):
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    """The function or ``nn.Module`` class ``'package.module:name'`` names (importing the module,
+    as ``pare run`` will); built-in callables such as ``os:system`` are refused."""
+    if not isinstance(spec, str) or not _FACTORY.fullmatch(spec):
         raise UnsupportedModelError(f"{spec!r} is not of the form 'package.module:function'")
+    module_name, _, attr = spec.partition(":")
+    refuse_unsafe(module_name, f"factory {spec!r}")
     if os.getcwd() not in sys.path:  # like `python -m`: the user's own modules beside the recipe import
         sys.path.insert(0, os.getcwd())
     try:
@@ -66,6 +97,12 @@ def resolve_factory(spec: str):
     if fn is None or not callable(fn):
         names = [n for n in dir(module) if not n.startswith("_")]
         raise UnsupportedModelError(f"{module_name!r} has no callable {attr!r}{did_you_mean(attr, names)}")
+    is_module_class = inspect.isclass(fn) and issubclass(fn, nn.Module)
+    if not (inspect.isfunction(fn) or is_module_class):
+        raise UnsupportedModelError(
+            f"{spec!r} is a {type(fn).__name__}, not a model factory; name a Python function that "
+            f"returns a torch.nn.Module, or an nn.Module class"
+        )
     return fn
 
 
@@ -83,18 +120,25 @@ def build_model(
         from pare.models.hf import TextClassifier, TextEncoder, load_hf
 
         backbone = load_hf(cfg.hf, tokenizer)
+        table = backbone.get_input_embeddings()
+        if tokenizer is not None and table is not None and len(tokenizer) > table.num_embeddings:
+            raise UnsupportedModelError(
+                f"model.hf {cfg.hf!r}: its tokenizer has {len(tokenizer):,} tokens but the embedding "
+                f"table only {table.num_embeddings:,} rows; tokenizer and weights come from different models"
+            )
         pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
         model = (
             TextEncoder(backbone, pad) if kind == "retrieval" else TextClassifier(backbone, num_classes, pad)
         )
         label = f"Hugging Face model {cfg.hf!r}"
     elif cfg.name is not None:
-        model = ZOO[cfg.name](input_shape, num_classes, **cfg.args)
         label = f"zoo model {cfg.name!r}"
+        _check_size(_zoo_probe(cfg, input_shape, num_classes), getattr(cfg, "max_params", None), label)
+        model = ZOO[cfg.name](input_shape, num_classes, **cfg.args)
     else:
         fn = resolve_factory(cfg.factory)
         kwargs = dict(cfg.args)
-        accepted = inspect.signature(fn).parameters
+        accepted = inspect.signature(fn).parameters  # resolve_factory: a Python function or class
         for key, value in (("input_shape", tuple(input_shape)), ("num_classes", num_classes)):
             if key in accepted:
                 kwargs.setdefault(key, value)
@@ -112,8 +156,38 @@ def build_model(
     if cfg.weights:
         load_weights(model, cfg.weights)
     text = hf is not None or kind == "language_model"  # token ids in
-    check_output(model, input_shape, None if kind == "retrieval" else num_classes, label, text=text)
+    check_output(
+        model, input_shape, None if kind == "retrieval" else num_classes, label, text=text, kind=kind
+    )
     return model
+
+
+def _zoo_probe(cfg, input_shape, num_classes) -> int:
+    """Parameters of the zoo model, counted on the meta device (no memory, no random numbers)."""
+    try:
+        with torch.device("meta"):
+            probe = ZOO[cfg.name](input_shape, num_classes, **cfg.args)
+    except UnsupportedModelError:
+        raise
+    except Exception as e:  # heads that do not divide dim, sizes that overflow
+        raise UnsupportedModelError(
+            f"zoo model {cfg.name!r} cannot be built with args {dict(cfg.args)} for input {tuple(input_shape)}: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    return sum(p.numel() for p in probe.parameters())
+
+
+def _check_size(params: int, max_params: int | None, label: str) -> None:
+    """Refuse a model too large to train here before any memory is taken."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = max_params or min(DEFAULT_MAX_PARAMS, ram // TRAIN_BYTES_PER_PARAM)
+    if params > limit:
+        need = params * TRAIN_BYTES_PER_PARAM / 2**30
+        raise UnsupportedModelError(
+            f"{label} has {params:,} parameters (training needs about {need:,.1f} GiB; this machine has "
+            f"{ram / 2**30:,.1f} GiB), over the limit of {limit:,}; make it smaller (model.args), or set "
+            f"model.max_params above {params:,} to build it anyway"
+        )
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -137,6 +211,19 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         ) from None
     if not isinstance(state, dict):
         raise UnsupportedModelError(f"{p}: expected a state dict of tensors, got {type(state).__name__}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UnsupportedModelError(f"{p}: expected a state dict of named tensors; it holds other objects")
+    model_state = model.state_dict()
+    wrong = [
+        f"{k}: file {tuple(v.shape)}, model {tuple(model_state[k].shape)}"
+        for k, v in state.items()
+        if k in model_state and v.shape != model_state[k].shape
+    ]
+    if wrong:
+        raise UnsupportedModelError(
+            f"{p}: {len(wrong)} tensor(s) have the wrong shape for this model ({'; '.join(wrong[:3])}); "
+            f"were the weights saved from a model built with the same model.args?"
+        )
     result = model.load_state_dict(state, strict=False)
     mismatched = list(result.missing_keys) + list(result.unexpected_keys)
     if mismatched:
@@ -147,9 +234,15 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def check_output(
-    model: nn.Module, input_shape, num_classes: int | None, label: str, text: bool = False
+    model: nn.Module,
+    input_shape,
+    num_classes: int | None,
+    label: str,
+    text: bool = False,
+    kind: str = "classification",
 ) -> None:
-    """``num_classes`` None: any (2, D) output (an embedding) is right."""
+    """``num_classes`` None: any (2, D) output (an embedding) is right. A language model must
+    give next-token logits for every position, (2, T, vocab)."""
     was_training = model.training
     model.eval()
     try:
@@ -163,6 +256,12 @@ def check_output(
         model.train(was_training)
     if text and isinstance(out, torch.Tensor) and out.dim() == 3:  # a language model: (2, T, vocab)
         out = out[:, -1]
+    elif kind == "language_model":
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UnsupportedModelError(
+            f"{label} returns {shape} for a batch of 2 token sequences; a language-model data source needs "
+            f"next-token logits (2, {input_shape[0]}, {num_classes}): use a causal model such as 'gpt'"
+        )
     ok = isinstance(out, torch.Tensor) and out.dim() == 2 and len(out) == 2
     if not ok or (num_classes is not None and out.shape[1] != num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pare.config import param
+
 
 @dataclass
 class ModelConfig:
@@ -13,6 +15,7 @@ class ModelConfig:
     hf: str | None = None  # ... or a local Hugging Face model directory (or a package carrying one)
     args: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    max_params: int | None = param(None, ge=1)  # refuse larger models (default: 1e9, or what RAM can train)
 
     def check(self) -> list[str]:
         given = [k for k in ("name", "factory", "hf") if getattr(self, k) is not None]

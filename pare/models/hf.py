@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -20,18 +21,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pare.errors import UnsupportedModelError
+from pare.models.trust import refuse_unsafe
+
+
+def _carries_model(name: str) -> bool:
+    """Whether the installed module ``name`` defines ``get_model_path``, read from its source
+    without importing it: naming any module (``model.hf: this``) must not run it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return False
+    try:
+        return "def get_model_path" in Path(spec.origin).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
 
 
 def resolve_hf(spec: str) -> Path:
     """The model directory ``spec`` names: a path, or an installed package carrying a model."""
     path = Path(spec).expanduser()
-    if not path.exists() and spec.isidentifier():
-        try:
-            module = importlib.import_module(spec)
-        except ImportError:
-            module = None
-        if module is not None and hasattr(module, "get_model_path"):
-            path = Path(module.get_model_path())
+    if not path.exists() and spec.isidentifier() and _carries_model(spec):
+        refuse_unsafe(spec, f"model.hf {spec!r}")
+        path = Path(importlib.import_module(spec).get_model_path())
     if not path.is_dir():
         raise UnsupportedModelError(
             f"model.hf: {spec!r} is neither a directory nor an installed package with get_model_path(); "

@@ -244,3 +244,18 @@ class GPT(nn.Module):
 
 
 ZOO = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "transformer": Transformer, "gpt": GPT}
+
+# Ranges of the zoo's options (inclusive; dropout below 1): what ``pare validate`` accepts.
+# Combinations that are in range but too large (cnn depth 12 doubles the width 12 times) are
+# caught by the parameter count (``build_model``), not here.
+ARG_RANGES = {
+    "width": (1, 16384),
+    "dim": (1, 16384),
+    "depth": (0, 256),
+    "stages": (1, 8),
+    "heads": (1, 256),
+    "kernel_size": (1, 31),
+    "patch_size": (1, 1024),
+    "mlp_ratio": (1, 64),
+    "dropout": (0.0, 0.999),
+}

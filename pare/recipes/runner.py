@@ -16,15 +16,24 @@ configuration are unchanged and re-runs from the first one that differs.
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
 import tempfile
 import time
 from pathlib import Path
 
 from pare.cost.artifact import stage_cost
-from pare.errors import ConfigError, PareError
-from pare.io import atomic_write_json, load_predictions, save_predictions
+from pare.errors import ConfigError
+from pare.io import (
+    atomic_write_json,
+    digest,
+    folder_digests,
+    inside,
+    load_predictions,
+    read_results,
+    remove_tree,
+    save_predictions,
+)
+from pare.lock import run_lock
 from pare.progress import console, status
 from pare.provenance import Clock, machine_info
 from pare.recipes.pipeline import (
@@ -57,13 +66,29 @@ def run(
     overwrite: bool = False,
     report: bool = True,
 ) -> dict:
-    """Run a recipe end to end; returns the results (also written to ``out/results.json``)."""
-    clock = Clock()
+    """Run a recipe end to end; returns the results (also written to ``out/results.json``).
+    The folder is locked for the run: a second run into it is refused while this one lasts."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out or Path("runs") / recipe.name)
     if world()[0] > 0:  # under torchrun every process trains; rank 0 alone keeps the results
         out, report = Path(tempfile.mkdtemp(prefix=f"pare-rank{world()[0]}-")), False
+    check_out(out)
+    with run_lock(out, say=lambda m: console.print(f"[yellow]{m}[/]")):
+        return _run(recipe, out, resume=resume, overwrite=overwrite, report=report)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be one before anything is trained or written."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {str(out)!r} is a file, not a folder; choose a folder for the run")
+    probe = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out: cannot write into {str(probe)!r}; choose a folder you can write to")
+
+
+def _run(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, report: bool) -> dict:
+    clock = Clock()
     previous = _previous_stages(out, recipe, resume=resume, overwrite=overwrite)
     splits = recipe_splits(recipe)
     task = get_task(splits[0].kind)
@@ -82,8 +107,8 @@ def run(
         return previous[index] if index < len(previous) else None
 
     for index, step in enumerate(plan):  # a stale or interrupted attempt of a stage to re-run
-        if reuse(index) is None and stage_dir(out, index, step.name).exists():
-            shutil.rmtree(stage_dir(out, index, step.name))
+        if reuse(index) is None:
+            remove_tree(out, stage_dir(out, index, step.name))
     tags = [f" (fold {f + 1}/{len(splits)})" if len(splits) > 1 else "" for f in range(len(splits))]
     generators = [
         fold_models(recipe, split, fold, folder(fold), reuse=reuse, tag=tags[fold])
@@ -154,7 +179,7 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
         with status(f"evaluating {step.name}{tag} on {len(split.test)} test samples"):
             artifacts.append(ship(b, fold_dir(folder, fold, len(splits)), task.inputs(split.test.X[:1])))
             evals.append(test_quality(b, artifacts[-1], split, ev, recipe.seed))
-    save_predictions(folder, [(e["y"], e["outputs"]) for e in evals])
+    save_predictions(inside(out, folder), [(e["y"], e["outputs"]) for e in evals])
     with status(f"measuring cost of {step.name}: FLOPs, memory, latency in torch and ONNX Runtime"):
         cost = stage_cost(
             built[0].model,
@@ -175,6 +200,7 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
         "seconds": seconds + time.perf_counter() - start,
         "history": built[0].history,
         "info": built[0].info,
+        "files": folder_digests(folder),  # what --resume checks before it reuses the stage
     }
     if baseline is None:
         diagnosis = task.diagnose(built[0].model, splits[0])
@@ -196,12 +222,9 @@ def _previous_stages(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool
                 f"{out} already holds a run ({path}); pass --resume to continue it, --overwrite to replace it, "
                 f"or choose another --out"
             )
-        shutil.rmtree(out / "stages", ignore_errors=True)
+        remove_tree(out, out / "stages")
         return []
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PareError(f"cannot resume from {path}: {e}; run again with --overwrite") from None
+    old = read_results(path)
     new = recipe.to_dict()
     same_setup = all(
         old["recipe"].get(k) == new.get(k) for k in ("seed", "data", "model", "train", "evaluate")
@@ -213,11 +236,36 @@ def _previous_stages(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool
         return []
     kept = []
     n_folds = recipe.data.cv_folds or 1
-    for i, record in enumerate(old.get("stages", [])):
-        if i > 0 and (i > len(new["stages"]) or new["stages"][i - 1] != old["recipe"]["stages"][i - 1]):
+    old_stages = old["recipe"].get("stages") or []
+    names = [s.name for s in steps(recipe)]
+    for i, record in enumerate(old["stages"]):
+        if i >= len(names) or record["name"] != names[i]:
             break
-        folder = stage_dir(out, i, record["name"])
-        if not all((fold_dir(folder, f, n_folds) / WEIGHTS).exists() for f in range(n_folds)):
+        if i > 0 and (i > len(old_stages) or new["stages"][i - 1] != old_stages[i - 1]):
+            break
+        damaged = _damaged(stage_dir(out, i, record["name"]), record, n_folds)
+        if damaged:
+            console.print(
+                f"[yellow]stage {record['name']}: {damaged}; running it (and what follows) again[/]"
+            )
             break
         kept.append(record)
     return kept
+
+
+def _damaged(folder: Path, record: dict, n_folds: int) -> str | None:
+    """Why a finished stage's files cannot be reused (missing, or not what was recorded), or None."""
+    weights = [fold_dir(folder, f, n_folds) / WEIGHTS for f in range(n_folds)]
+    missing = [str(w) for w in weights if not w.is_file()]
+    if missing:
+        return f"{missing[0]} is missing"
+    files = record.get("files")
+    if not isinstance(files, dict):
+        return "results.json records no file digests for it (written by an older pare)"
+    for name, recorded in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if digest(path) != recorded:
+            return f"{path} changed since it was recorded (size or SHA-256 differs)"
+    return None

@@ -13,9 +13,11 @@ import yaml
 
 from pare.config import did_you_mean, from_dict, param, to_dict
 from pare.errors import ConfigError
+from pare.io import name_problem
 from pare.models import check_model_config
 from pare.models.config import ModelConfig
 from pare.registry import techniques
+from pare.selection import pattern_problems
 from pare.techniques import BUILTIN  # noqa: F401  (importing registers the built-in techniques)
 
 DataSource = Literal[
@@ -72,24 +74,25 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = param(20, ge=0)
-    batch_size: int = param(64, ge=1)
+    epochs: int = param(20, ge=0, le=100_000)
+    batch_size: int = param(64, ge=1, le=1_000_000)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = param(3e-3, gt=0)
     momentum: float = param(0.9, ge=0, lt=1)
     weight_decay: float = param(0.0, ge=0)
     schedule: Literal["none", "cosine", "step"] = "cosine"
-    step_size: int = param(10, ge=1)
+    step_size: int = param(10, ge=1, le=100_000)
     gamma: float = param(0.1, gt=0, le=1)
-    patience: int | None = param(5, ge=1)  # early stopping on validation loss; null turns it off
+    patience: int | None = param(5, ge=1, le=100_000)  # early stopping on validation loss; null turns it off
 
 
 @dataclass
 class EvalConfig:
-    bootstrap: int = param(1000, ge=0)
+    # upper bounds keep a typo (bootstrap: 1e30) from filling memory or running for days
+    bootstrap: int = param(1000, ge=0, le=100_000)
     confidence: float = param(0.95, gt=0, lt=1)
-    latency_batch: int = param(64, ge=1)
-    latency_repeats: int = param(50, ge=5)
+    latency_batch: int = param(64, ge=1, le=4096)
+    latency_repeats: int = param(50, ge=5, le=10_000)
     onnx: bool = True
 
 
@@ -103,9 +106,9 @@ class StageConfig:
 
 @dataclass
 class Recipe:
-    name: str = "unnamed"
+    name: str = "unnamed"  # names the default output folder runs/<name>: a plain name
     description: str = ""
-    seed: int = 0
+    seed: int = param(0, ge=0, lt=2**32)  # numpy's seeds are 32-bit
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="cnn"))
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -125,6 +128,10 @@ class Recipe:
         ]
         return out
 
+    def check(self) -> list[str]:
+        problem = name_problem(self.name, "name")
+        return [problem] if problem else []
+
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -135,8 +142,6 @@ def builtin_recipes() -> dict[str, Path]:
 
 def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
     """Validate a whole recipe, collecting every problem (sections, stages, model options)."""
-    TECHNIQUES = techniques()
-
     if not isinstance(data, dict):
         raise ConfigError(
             f"a recipe is a mapping of sections (data, model, train, ...), got {data!r}", source
@@ -159,32 +164,9 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
         problems.append(f"stages: expected a list of stages, got {raw_stages!r}")
         raw_stages = []
     for i, raw in enumerate(raw_stages):
-        where = f"stages[{i}]"
-        if not isinstance(raw, dict) or "technique" not in raw:
-            problems.append(f"{where}: each stage is a mapping with a 'technique' key, got {raw!r}")
-            continue
-        raw = dict(raw)
-        technique = raw.pop("technique")
-        name = raw.pop("name", None) or f"{technique}-{i + 1}"
-        start_from = raw.pop("from", None)
-        earlier = ["baseline", *(s.name for s in stages)]
-        if start_from is not None and start_from not in [*earlier, "pretrained"]:
-            problems.append(
-                f"{where}.from: {start_from!r} is not an earlier stage{did_you_mean(str(start_from), earlier)}; "
-                f"earlier stages: {', '.join(earlier)}, or 'pretrained' (the model as built, before baseline training)"
-            )
-        if technique not in TECHNIQUES:
-            known = ", ".join(TECHNIQUES) or "none registered"
-            problems.append(
-                f"{where}.technique: unknown technique {technique!r}{did_you_mean(technique, TECHNIQUES)}; known: {known}"
-            )
-            continue
-        try:
-            cfg = from_dict(TECHNIQUES[technique].config_cls, raw)
-        except ConfigError as e:
-            problems.extend(f"{where}.{p}" for p in e.problems)
-            continue
-        stages.append(StageConfig(technique=technique, name=str(name), config=cfg, source=start_from))
+        stage = _stage(i, raw, stages, problems)
+        if stage is not None:
+            stages.append(stage)
     names = [s.name for s in stages]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"stages: the name {dup!r} is used more than once; stage names must be unique")
@@ -204,6 +186,110 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
     return recipe
 
 
+def _stage(i: int, raw: Any, earlier_stages: list[StageConfig], problems: list[str]) -> StageConfig | None:
+    """One entry of ``stages``, or None after adding its problems to ``problems``."""
+    known = techniques()
+    where = f"stages[{i}]"
+    if not isinstance(raw, dict) or "technique" not in raw:
+        problems.append(f"{where}: each stage is a mapping with a 'technique' key, got {raw!r}")
+        return None
+    raw = dict(raw)
+    technique, name, start_from = raw.pop("technique"), raw.pop("name", None), raw.pop("from", None)
+    if not isinstance(technique, str) or technique not in known:
+        problems.append(
+            f"{where}.technique: unknown technique {technique!r}{did_you_mean(str(technique), known)}; "
+            f"known: {', '.join(known) or 'none registered'}"
+        )
+        return None
+    name = f"{technique}-{i + 1}" if name is None else name
+    bad_name = name_problem(name, f"{where}.name")
+    if bad_name:
+        problems.append(bad_name + " (it names the stage's folder)")
+        return None
+    earlier = ["baseline", *(s.name for s in earlier_stages)]
+    if start_from is not None and start_from not in [*earlier, "pretrained"]:
+        problems.append(
+            f"{where}.from: {start_from!r} is not an earlier stage{did_you_mean(str(start_from), earlier)}; "
+            f"earlier stages: {', '.join(earlier)}, or 'pretrained' (the model as built, before baseline training)"
+        )
+    try:
+        cfg = from_dict(known[technique].config_cls, raw)
+    except ConfigError as e:
+        problems.extend(f"{where}.{p}" for p in e.problems)
+        return None
+    later = pattern_problems(cfg) + _reference_problems(cfg, earlier)
+    problems.extend(f"{where}.{p}" for p in later)
+    return None if later else StageConfig(technique=technique, name=name, config=cfg, source=start_from)
+
+
+def _reference_problems(cfg, earlier: list[str]) -> list[str]:
+    """Teachers named by stage (``teachers: [{stage: baseline}]``) must be earlier stages."""
+    problems = []
+    for i, teacher in enumerate(getattr(cfg, "teachers", None) or []):
+        stage = getattr(teacher, "stage", None)
+        if stage is not None and stage not in earlier:
+            problems.append(
+                f"teachers[{i}].stage: {stage!r} is not an earlier stage{did_you_mean(stage, earlier)}; "
+                f"earlier stages: {', '.join(earlier)}"
+            )
+    return problems
+
+
+MAX_RECIPE_BYTES = 1 << 20
+MAX_DEPTH = 32  # sections, stages, their options: a real recipe nests 5 or 6 deep
+MAX_NODES = 100_000  # YAML values with aliases expanded: a "billion laughs" file stops here
+
+
+def read_yaml(path: Path) -> Any:
+    """A recipe file's data: UTF-8 YAML of bounded size, nesting and alias expansion, each
+    violation a ``ConfigError`` naming the file."""
+    source = str(path)
+    if path.is_dir():
+        raise ConfigError(f"{source!r} is a folder; give a recipe .yaml file", source)
+    raw = path.read_bytes()
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"the file is {len(raw):,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}", source)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); save the recipe as UTF-8", source
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        _check_nodes(node, source)
+        return None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", source) from None
+    except RecursionError:
+        raise ConfigError(
+            f"nested deeper than a recipe can be (at most {MAX_DEPTH} levels)", source
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root, source: str) -> None:
+    """Walk the YAML node graph without recursion, counting an alias's target every time it is
+    used (what construction would expand)."""
+    stack, seen = [(root, 1)] if root is not None else [], 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"nested deeper than a recipe can be (at most {MAX_DEPTH} levels)", source)
+        if seen > MAX_NODES:
+            raise ConfigError(
+                f"more than {MAX_NODES:,} values once aliases are expanded; is it an alias bomb?", source
+            )
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend([(key, depth + 1), (value, depth + 1)])
+
+
 def load_recipe(spec: str | Path | dict | None = None) -> Recipe:
     """A recipe from a YAML file, a built-in name (see ``pare recipes``), a dict, or the default."""
     if isinstance(spec, dict):
@@ -220,8 +306,4 @@ def load_recipe(spec: str | Path | dict | None = None) -> Recipe:
                 f"no recipe file {str(spec)!r} and no built-in recipe of that name{did_you_mean(str(spec), builtin)}; "
                 f"built-in: {', '.join(builtin)}"
             )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML: {e}", str(path)) from None
-    return recipe_from_dict(data, str(path))
+    return recipe_from_dict(read_yaml(path), str(path))

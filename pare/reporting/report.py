@@ -11,7 +11,7 @@ import base64
 import html
 from pathlib import Path
 
-from pare.io import atomic_write_text, load_predictions
+from pare.io import atomic_write_text, inside, load_predictions
 from pare.metrics import roc_curves
 from pare.reporting import plots
 from pare.reporting.format import fmt_bytes, fmt_count, fmt_delta, fmt_metric, fmt_ms
@@ -116,7 +116,7 @@ def _class_blocks(results: dict, out: Path, plot_dir: Path) -> list[tuple]:
     blocks: list[tuple] = []
     curves = {}
     for s in stages if get_task(results["task"]["kind"]).outputs_are_probabilities else ():
-        folds = load_predictions(out.joinpath(*Path(s["artifact"]).parts[:2]))  # stages/NN-name
+        folds = load_predictions(inside(out, out.joinpath(*Path(s["artifact"]).parts[:2])))  # stages/NN-name
         if folds:
             curves[s["name"]] = roc_curves(*folds[0], classes)
     if any(curves.values()):

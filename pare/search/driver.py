@@ -49,6 +49,9 @@ class Limits:
         return out
 
 
+NAS_OBJECTIVES = ("quality", "latency_ms", "size_bytes", "flops")
+
+
 def parse_size(text: str | int | None) -> int | None:
     """``100KB``, ``1.5MB``, ``2048`` -> bytes (KB = 1024 bytes)."""
     if text is None or isinstance(text, int):
@@ -119,6 +122,13 @@ def nas(
             f"the recipe's model is {recipe.model.factory or recipe.model.hf!r}. For your own model use pare auto"
         )
     objs = list(objectives)
+    wrong = [o for o in objs if o not in NAS_OBJECTIVES]
+    if wrong or objs[:1] != ["quality"] or len(set(objs)) != len(objs):
+        raise ConfigError(
+            f"objectives: {','.join(map(str, objs))!r} must be 'quality' followed by any of "
+            f"{', '.join(NAS_OBJECTIVES[1:])}, each once"
+            + (f"; unknown: {', '.join(map(repr, wrong))}" if wrong else "")
+        )
     study = _open("search", recipe, out, objs, limits, storage, study_name, sampler)
     split = recipe_splits(recipe)[0]
     _, base = _baseline(recipe, split, out)  # the recipe's own architecture: the point trials beat
@@ -249,7 +259,11 @@ def _search(kind, study, out, objective, objectives, limits, trials, base, final
         (out / "work").rmdir()  # be writing theirs under a shared --out, so never remove those
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
-        raise PareError(f"no trial of study {study.study_name!r} finished; see the errors above")
+        failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+        raise PareError(
+            f"no trial of study {study.study_name!r} finished ({len(study.trials)} ran, {len(failed)} failed; "
+            f"Optuna logged each failure's error above)"
+        )
     feasible = [t for t in done if _feasible(t.user_attrs)]
     front = pareto_front(feasible or done, objectives)
     summary = {

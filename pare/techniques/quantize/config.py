@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pare.config import Config, param
+from pare.config import Config, from_dict, param, to_dict
+from pare.errors import ConfigError
 
 Scheme = Literal["affine", "pow2", "codebook", "fixed_point", "binary", "ternary", "fp16", "bf16"]
 DEFAULT_BITS = {"binary": 1, "ternary": 2, "fp16": 16, "bf16": 16}
@@ -155,4 +156,19 @@ class QuantizeConfig(Config):
                 problems.append(
                     f"overrides.{pattern}.bits: mode {self.mode!r} runs 8-bit only; use skip: true to keep a layer in float"
                 )
+            elif not unknown and not opts.get("skip"):
+                problems.extend(self._override_problems(pattern, opts))
         return problems
+
+    def _override_problems(self, pattern: str, opts: dict) -> list[str]:
+        """An override is checked as the stage's own options with it applied: the same types,
+        ranges and scheme/bits rules."""
+        layer = {**to_dict(self), "overrides": {}, "mixed": None}
+        if "scheme" in opts:  # a new scheme brings its own default width
+            layer["bits"] = None
+        layer.update({k: v for k, v in opts.items() if k != "skip"})
+        try:
+            from_dict(QuantizeConfig, layer)
+        except ConfigError as e:
+            return [f"overrides.{pattern}.{p}" for p in e.problems]
+        return []
