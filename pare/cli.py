@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -297,6 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(
+            f"error: cannot write {e.filename or 'a file'}: {e.strerror} (no space left or file too large, "
+            f"or no permission); files written so far are whole; free space and continue with --resume",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

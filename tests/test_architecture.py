@@ -15,7 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent / "pare"
 LAYERS = [
     (
         "core",
-        {"errors", "config", "io", "lock", "progress", "seeding", "provenance", "selection", "version", "registry"},
+        {
+            "errors",
+            "config",
+            "io",
+            "lock",
+            "progress",
+            "seeding",
+            "provenance",
+            "selection",
+            "version",
+            "registry",
+        },
     ),
     ("foundation", {"metrics", "data", "models"}),
     ("formats and runtimes", {"cost", "export", "formats", "graph", "tasks"}),
