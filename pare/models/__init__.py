@@ -153,6 +153,8 @@ def build_model(
                 f"factory {cfg.factory!r} returned {type(model).__name__}, not a torch.nn.Module"
             )
         label = f"factory {cfg.factory!r}"
+    if cfg.name is None:  # built (a zoo model was counted before it was built)
+        _check_size(sum(p.numel() for p in model.parameters()), getattr(cfg, "max_params", None), label)
     if cfg.weights:
         load_weights(model, cfg.weights)
     text = hf is not None or kind == "language_model"  # token ids in

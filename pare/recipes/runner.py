@@ -101,7 +101,12 @@ def _run(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, report: bo
     plan = steps(recipe)
 
     def folder(fold: int):
-        return lambda index, step: fold_dir(stage_dir(out, index, step.name), fold, len(splits))
+        def path(index, step):
+            where = fold_dir(stage_dir(out, index, step.name), fold, len(splits))
+            inside(out, where)  # checked before the stage writes anything there
+            return where
+
+        return path
 
     def reuse(index: int):
         return previous[index] if index < len(previous) else None
@@ -200,7 +205,7 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
         "seconds": seconds + time.perf_counter() - start,
         "history": built[0].history,
         "info": built[0].info,
-        "files": folder_digests(folder),  # what --resume checks before it reuses the stage
+        "digests": folder_digests(folder),  # what --resume checks before it reuses the stage
     }
     if baseline is None:
         diagnosis = task.diagnose(built[0].model, splits[0])
@@ -259,11 +264,11 @@ def _damaged(folder: Path, record: dict, n_folds: int) -> str | None:
     missing = [str(w) for w in weights if not w.is_file()]
     if missing:
         return f"{missing[0]} is missing"
-    files = record.get("files")
+    files = record.get("digests")
     if not isinstance(files, dict):
         return "results.json records no file digests for it (written by an older pare)"
     for name, recorded in files.items():
-        path = folder / name
+        path = inside(folder, folder / name)  # a tampered record may name any path
         if not path.is_file():
             return f"{path} is missing"
         if digest(path) != recorded:

@@ -23,6 +23,7 @@ from pare.tasks import get_task
 def build(results: dict, out: Path) -> list[tuple]:
     """Blocks: ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption)."""
     plot_dir = out / "plots"
+    inside(out, plot_dir)  # a link planted there must not lead the plots outside the run folder
     blocks = _overview(results, plot_dir) + _training(results, plot_dir) + _quality(results, out, plot_dir)
     blocks += _cost(results)
     blocks.append(("h", 2, "What each stage did"))
