@@ -19,3 +19,14 @@ def trained(split, name=None, factory=None, epochs=6, lr=3e-3, seed=0, **args):
 
 def accuracy(model, part) -> float:
     return float((predict_proba(model, part.X).argmax(1) == part.y.numpy()).mean())
+
+
+# A recipe that runs in seconds (iris, an 8-wide MLP, no resampling, few timings): what the
+# reliability tests mutate, kill and damage.
+TINY_RECIPE = {
+    "name": "tiny",
+    "data": {"source": "iris"},
+    "model": {"name": "mlp", "args": {"width": 8}},
+    "train": {"epochs": 1, "batch_size": 16},
+    "evaluate": {"bootstrap": 0, "latency_batch": 4, "latency_repeats": 5, "onnx": False},
+}

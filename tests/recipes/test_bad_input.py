@@ -12,14 +12,7 @@ import yaml
 from safetensors.torch import save_file
 
 from pare.cli import main
-
-TINY = {
-    "name": "tiny",
-    "data": {"source": "iris"},
-    "model": {"name": "mlp", "args": {"width": 8}},
-    "train": {"epochs": 1, "batch_size": 16},
-    "evaluate": {"bootstrap": 0, "latency_batch": 4, "latency_repeats": 5, "onnx": False},
-}
+from tests.helpers import TINY_RECIPE as TINY
 
 
 def recipe_file(tmp_path, changes=None, stages=None, name="r.yaml"):

@@ -20,13 +20,11 @@ from pare.cli import main
 from pare.errors import PareError
 from pare.io import inside, name_problem, remove_tree
 from pare.lock import LOCK, run_lock
+from tests.helpers import TINY_RECIPE
 
 RECIPE = {
-    "name": "tiny",
-    "data": {"source": "iris"},
-    "model": {"name": "mlp", "args": {"width": 8}},
+    **TINY_RECIPE,
     "train": {"epochs": 2, "batch_size": 16},
-    "evaluate": {"bootstrap": 0, "latency_batch": 4, "latency_repeats": 5, "onnx": False},
     "stages": [
         {"technique": "prune", "amount": 0.5, "finetune_epochs": 1},
         {"technique": "quantize", "mode": "weight_only", "bits": 4},
