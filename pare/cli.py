@@ -303,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise
         print(
-            f"error: cannot write {e.filename or 'a file'}: {e.strerror} (no space left or file too large, "
-            f"or no permission); files written so far are whole; free space and continue with --resume",
+            f"error: cannot read or write {e.filename or 'a file'}: {e.strerror} (no space left or file too "
+            f"large, or no permission); files written so far are whole; fix that and continue with --resume",
             file=sys.stderr,
         )
         return 2

@@ -8,12 +8,12 @@ Test data is not touched here.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from pare.cost import count_flops, count_params, torch_latency
 from pare.evaluate import validation_metrics
 from pare.export import onnx_latency, ort_session
+from pare.io import remove_tree
 from pare.recipes.pipeline import fold_models, ship
 from pare.tasks import get_task
 
@@ -31,7 +31,7 @@ def measure(recipe, split, work_dir: Path, baseline=None, hooks=()) -> dict:
         *_, last = fold_models(recipe, split, 0, folder, given=given, hooks=hooks)
         return _measure_model(last, split, folder(len(recipe.stages), last.step))
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        remove_tree(work_dir.parent, work_dir)  # never through a link planted in the search folder
 
 
 def _measure_model(built, split, folder: Path) -> dict:
