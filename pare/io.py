@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pare.errors import PareError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -48,8 +50,6 @@ def name_problem(name: object, key: str) -> str | None:
 def inside(root: str | Path, path: str | Path) -> Path:
     """``path`` resolved, after checking that it lies inside ``root`` (symbolic links followed):
     every path pare writes into a run folder, or deletes from it, passes through here first."""
-    from pare.errors import PareError
-
     base, target = Path(root).resolve(), Path(path).resolve()
     if target != base and base not in target.parents:
         raise PareError(f"refusing to touch {str(path)!r}: it lies outside the run folder {str(base)!r}")
@@ -99,8 +99,6 @@ def _json_default(obj: Any) -> Any:
 
 def read_results(path: str | Path) -> dict:
     """A run's results.json, checked to have the contract's shape; a damaged file is named."""
-    from pare.errors import PareError
-
     path = Path(path)
     if not path.is_file():
         raise PareError(f"{path} does not exist; give the --out folder of a `pare run`")
@@ -143,8 +141,6 @@ def save_predictions(stage_dir: str | Path, folds: list[tuple]) -> Path:
 def load_predictions(stage_dir: str | Path) -> list[tuple] | None:
     """What ``save_predictions`` wrote, or None when the stage has no predictions file."""
     import numpy as np
-
-    from pare.errors import PareError
 
     path = Path(stage_dir) / "predictions.npz"
     if not path.exists():

@@ -54,6 +54,11 @@ def _existing(path: str | Path, what: str, folder: bool = False) -> Path:
 _MISSING_LABELS = {"", "nan", "none", "null", "na", "n/a"}
 
 
+def _missing(labels: list[str]) -> list[int]:
+    """Positions of labels that stand for "no label" (empty, NaN, NA, null), in CSV and NPZ alike."""
+    return [i for i, v in enumerate(labels) if v.strip().lower() in _MISSING_LABELS]
+
+
 def _encode_labels(raw: list[str], source: str) -> tuple[np.ndarray, list[str]]:
     """Labels may be names or numbers; classes are sorted (numerically when all are numbers)."""
     uniq = sorted(set(raw))
@@ -108,7 +113,7 @@ def load_csv(path: str | Path, label_column: str) -> Dataset:
                     f"{p}, line {line}, column {features[c]!r}: {v!r} is missing or infinite; "
                     f"clean or impute it before training"
                 )
-    missing = [r for r, v in enumerate(labels) if v.lower() in _MISSING_LABELS]
+    missing = _missing(labels)
     if missing:
         r = missing[0]
         raise DataError(
@@ -148,7 +153,7 @@ def load_npz(path: str | Path) -> Dataset:
             f"drop or label those samples"
         )
     labels = [str(v) for v in y.tolist()]
-    missing = [i for i, v in enumerate(labels) if v.strip().lower() in _MISSING_LABELS]
+    missing = _missing(labels)
     if missing:
         raise DataError(
             f"{p}: y holds {len(missing)} missing label(s) ({labels[missing[0]]!r} at index {missing[0]}); "

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch.nn as nn
 from safetensors.torch import load, load_model, save, save_file, save_model
 
+from pare.errors import PareError
 from pare.io import atomic_write
 
 
@@ -21,8 +22,6 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
 
 def load_weights_file(model: nn.Module, path: str | Path) -> nn.Module:
     """A stage's own saved weights into ``model`` (strict: every tensor, every shape)."""
-    from pare.errors import PareError
-
     try:
         load_model(model, str(path), strict=True)
     except Exception as e:  # truncated header, wrong shapes, missing tensors

@@ -37,7 +37,6 @@ from pare.lock import run_lock
 from pare.progress import console, status
 from pare.provenance import Clock, machine_info
 from pare.recipes.pipeline import (
-    WEIGHTS,
     Built,
     aggregate,
     compare,
@@ -184,7 +183,7 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
         with status(f"evaluating {step.name}{tag} on {len(split.test)} test samples"):
             artifacts.append(ship(b, fold_dir(folder, fold, len(splits)), task.inputs(split.test.X[:1])))
             evals.append(test_quality(b, artifacts[-1], split, ev, recipe.seed))
-    save_predictions(inside(out, folder), [(e["y"], e["outputs"]) for e in evals])
+    save_predictions(folder, [(e["y"], e["outputs"]) for e in evals])
     with status(f"measuring cost of {step.name}: FLOPs, memory, latency in torch and ONNX Runtime"):
         cost = stage_cost(
             built[0].model,
@@ -240,7 +239,6 @@ def _previous_stages(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool
         )
         return []
     kept = []
-    n_folds = recipe.data.cv_folds or 1
     old_stages = old["recipe"].get("stages") or []
     names = [s.name for s in steps(recipe)]
     for i, record in enumerate(old["stages"]):
@@ -248,7 +246,7 @@ def _previous_stages(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool
             break
         if i > 0 and (i > len(old_stages) or new["stages"][i - 1] != old_stages[i - 1]):
             break
-        damaged = _damaged(stage_dir(out, i, record["name"]), record, n_folds)
+        damaged = _damaged(stage_dir(out, i, record["name"]), record)
         if damaged:
             console.print(
                 f"[yellow]stage {record['name']}: {damaged}; running it (and what follows) again[/]"
@@ -258,13 +256,9 @@ def _previous_stages(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool
     return kept
 
 
-def _damaged(folder: Path, record: dict, n_folds: int) -> str | None:
+def _damaged(folder: Path, record: dict) -> str | None:
     """Why a finished stage's files cannot be reused (missing, or not what was recorded), or None."""
-    weights = [fold_dir(folder, f, n_folds) / WEIGHTS for f in range(n_folds)]
-    missing = [str(w) for w in weights if not w.is_file()]
-    if missing:
-        return f"{missing[0]} is missing"
-    files = record.get("digests")
+    files = record.get("digests")  # every file the stage wrote, its weights included
     if not isinstance(files, dict):
         return "results.json records no file digests for it (written by an older pare)"
     for name, recorded in files.items():
