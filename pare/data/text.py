@@ -10,6 +10,7 @@ the rest of the chunk its passage. At topic level there would be only 79 queries
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -105,23 +106,29 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return tok
 
 
+def held_out_parts(lengths: list[int], seed: int, val: float, test: float) -> list[tuple[int, str]]:
+    """``(document index, part)`` in a seeded shuffled order: test documents first, validation
+    next, the rest training, by share of characters (whole documents held out, never cut)."""
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    total, held, out = sum(lengths), 0, []
+    for i in order.tolist():
+        out.append((i, "test" if held < test * total else "val" if held < (test + val) * total else "train"))
+        held += lengths[i]
+    return out
+
+
 def load_pydoc_lm(context: int, vocab_size: int, seed: int, val: float, test: float):
-    """Next-token windows of ``context`` tokens over pydoc_data's topics. Whole topics are held
-    out (a seeded shuffle; test topics first, then validation, then training, by share of
-    characters), and the tokenizer is learnt from the training topics only."""
+    """Next-token windows of ``context`` tokens over pydoc_data's topics, for a model trained
+    here: whole topics held out (``held_out_parts``), the tokenizer learnt from the training
+    topics only."""
     from pare.data.dataset import Dataset
 
     topics = pydoc_topics()
     names = list(topics)
-    np.random.default_rng(seed).shuffle(names)
-    total = sum(len(topics[n]) for n in names)
-    held, parts = 0, []
-    for n in names:
-        parts.append("test" if held < test * total else "val" if held < (test + val) * total else "train")
-        held += len(topics[n])
-    tok = train_tokenizer([topics[n] for n, p in zip(names, parts) if p == "train"], vocab_size)
+    parts = [(names[i], p) for i, p in held_out_parts([len(topics[n]) for n in names], seed, val, test)]
+    tok = train_tokenizer([topics[n] for n, p in parts if p == "train"], vocab_size)
     windows = {"test": [], "val": [], "train": []}
-    for n, p in zip(names, parts):
+    for n, p in parts:
         ids = np.array(tok.encode(topics[n]).ids, dtype=np.int64)
         count = (len(ids) - 1) // context
         for i in range(count):
@@ -140,3 +147,125 @@ def load_pydoc_lm(context: int, vocab_size: int, seed: int, val: float, test: fl
         vocab=tok.get_vocab_size(),
         part_sizes=(len(windows["test"]), len(windows["val"])),
     )
+
+
+IGNORE = -100  # a target position that is not scored (padding, or context scored by an earlier window)
+
+
+def sliding_windows(ids: np.ndarray, length: int, stride: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sliding-window protocol of perplexity: windows of ``length`` input tokens starting every
+    ``stride`` tokens; each target token is scored once, in the first window that predicts it,
+    with the rest of that window as context (earlier targets are ``IGNORE``). Returns inputs and
+    targets (W, length), the last window padded."""
+    xs, ys, scored, begin = [], [], 0, 0
+    last = len(ids) - 1  # the last target's index
+    while True:
+        end = min(begin + length, last)  # inputs ids[begin:end], targets ids[begin + 1 : end + 1]
+        x = np.full(length, pad_id, dtype=np.int64)
+        y = np.full(length, IGNORE, dtype=np.int64)
+        x[: end - begin] = ids[begin:end]
+        y[: end - begin] = ids[begin + 1 : end + 1]
+        y[: max(0, scored - begin)] = IGNORE  # targets up to ids[scored] were scored before
+        xs.append(x)
+        ys.append(y)
+        scored = end
+        if end >= last:
+            return np.stack(xs), np.stack(ys)
+        begin += stride
+
+
+def next_token_dataset(
+    documents: dict[str, str],
+    tokenizer,
+    name: str,
+    *,
+    max_length: int,
+    stride: int | None,
+    seed: int,
+    val: float,
+    test: float,
+):
+    """Next-token windows over whole documents held out by part (``held_out_parts``), tokenized
+    with the pretrained model's own tokenizer. Test and validation windows slide by ``stride``
+    (default ``max_length``: no overlap); training windows never overlap."""
+    from pare.data.dataset import Dataset
+
+    names = list(documents)
+    parts = [(names[i], p) for i, p in held_out_parts([len(documents[n]) for n in names], seed, val, test)]
+    missing = [p for p in ("train", "val", "test") if p not in {part for _, part in parts}]
+    if missing:
+        raise DataError(
+            f"{name}: {len(names)} document(s) cannot fill the {'/'.join(missing)} part(s): whole documents "
+            f"are held out; give more documents (files), or change val_fraction/test_fraction"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = {"test": [], "val": [], "train": []}
+    for doc, part in parts:
+        ids = np.asarray(tokenizer(documents[doc])["input_ids"], dtype=np.int64)
+        if len(ids) < 2:
+            continue  # nothing to predict
+        step = max_length if part == "train" else stride or max_length
+        rows[part].append(sliding_windows(ids, max_length, step, pad))
+    X, y, sizes = [], [], []
+    for part in ("test", "val", "train"):
+        if not rows[part]:
+            raise DataError(f"{name}: the {part} documents hold fewer than 2 tokens; give longer documents")
+        X += [x for x, _ in rows[part]]
+        y += [t for _, t in rows[part]]
+        sizes.append(sum(len(x) for x, _ in rows[part]))
+    return Dataset(
+        name=name,
+        X=np.concatenate(X),
+        y=np.concatenate(y),
+        classes=[],
+        kind="language_model",
+        vocab=len(tokenizer),
+        part_sizes=(sizes[0], sizes[1]),
+    )
+
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
+MIN_DOCUMENT_CHARS = 4000  # a single file is cut at blank lines into documents at least this long
+
+
+def text_documents(path: str) -> dict[str, str]:
+    """The documents of ``data.path``: every .txt/.md/.rst/.py file of a folder (one document
+    each), or a single file cut at blank lines into runs of at least ``MIN_DOCUMENT_CHARS``."""
+    root = Path(path).expanduser()
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"data.path: {str(root)!r} holds no {'/'.join(TEXT_SUFFIXES)} files")
+    elif root.is_file():
+        files = [root]
+    else:
+        raise DataError(f"data.path: {str(root)!r} does not exist; give a text file or a folder of them")
+    docs = {}
+    for f in files:
+        raw = f.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"data.path: {str(f)!r} is not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 4]!r}); "
+                f"convert it (iconv -t utf-8) or remove it"
+            ) from None
+        if text.strip():
+            docs[str(f.relative_to(root)) if root.is_dir() else f.name] = text
+    if not docs:
+        raise DataError(f"data.path: every file under {str(root)!r} is empty")
+    if root.is_file():
+        docs = _cut(next(iter(docs.values())), root.name)
+    return docs
+
+
+def _cut(text: str, name: str) -> dict[str, str]:
+    pieces, current = [], []
+    for para in re.split(r"\n\s*\n", text):
+        current.append(para)
+        if sum(len(p) for p in current) >= MIN_DOCUMENT_CHARS:
+            pieces.append("\n\n".join(current))
+            current = []
+    if current:
+        pieces.append("\n\n".join(current))
+    return {f"{name}#{i}": p for i, p in enumerate(pieces)}

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pare.config import did_you_mean
 from pare.errors import UnsupportedModelError
 from pare.estimate.training import Workload
+from pare.models.hf import is_causal
 
 
 def recipe_workload(recipe, seq_len: int | None = None) -> Workload:
@@ -23,13 +24,15 @@ def recipe_workload(recipe, seq_len: int | None = None) -> Workload:
     split = recipe_splits(recipe)[0]
     task = get_task(split.kind)
     shape = tuple(split.input_shape)
-    text = recipe.model.hf is not None or split.kind == "language_model"
+    text = recipe.model.pretrained or split.kind == "language_model"
     if text and seq_len:
         shape = (*shape[:-1], seq_len)
     vocab = split.vocab or 30522
 
-    if recipe.model.hf is not None:
-        spec = recipe.model.hf
+    if recipe.model.pretrained:
+        from pare.models.hf import resolve_gguf
+
+        spec = recipe.model.hf or str(resolve_gguf(recipe.model.gguf))
 
         def build():
             return hf_model(spec, split.kind, split.num_classes)
@@ -52,9 +55,12 @@ def recipe_workload(recipe, seq_len: int | None = None) -> Workload:
 def _config(spec: str):
     from transformers import AutoConfig
 
-    from pare.models.hf import resolve_hf
+    from pare.models.hf import load_config, resolve_gguf, resolve_hf
 
     path = Path(spec)
+    if path.suffix == ".gguf":
+        gguf = resolve_gguf(spec)
+        return load_config(gguf.parent, gguf.name)
     if path.is_file():  # a config.json alone
         data = json.loads(path.read_text())
         model_type = data.pop("model_type", None)
@@ -76,41 +82,24 @@ def _config(spec: str):
         ) from None
 
 
-def is_causal(config) -> bool:
-    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or [])) or bool(
-        getattr(config, "is_decoder", False)
-    )
-
-
 def hf_model(spec: str, kind: str = "classification", num_classes: int = 2):
     """A Hugging Face model from its config alone (random weights: the estimate needs shapes)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from pare.models.hf import TextClassifier, TextEncoder
+    from pare.models.hf import CausalLM, TextClassifier, TextEncoder
 
     config = _config(spec)
-    if kind == "language_model" or is_causal(config):
-        return _CausalLM(AutoModelForCausalLM.from_config(config, attn_implementation="eager"))
+    if kind == "language_model" or is_causal(config, spec.endswith(".gguf")):
+        return CausalLM(AutoModelForCausalLM.from_config(config, attn_implementation="eager"))
     backbone = AutoModel.from_config(config, attn_implementation="eager")
     return TextEncoder(backbone) if kind == "retrieval" else TextClassifier(backbone, num_classes)
-
-
-class _CausalLM(torch.nn.Module):
-    """Token ids -> next-token logits (B, L, V), as pare's language-model task expects."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids):
-        return self.model(input_ids=ids, use_cache=False).logits
 
 
 def hf_workload(spec: str, seq_len: int = 128, num_classes: int = 2) -> Workload:
     """A Hugging Face config on its natural task: next-token prediction for a causal model,
     classification with a linear head on the mean-pooled states for an encoder."""
     config = _config(spec)
-    causal = is_causal(config)
+    causal = is_causal(config, spec.endswith(".gguf"))
     vocab = config.vocab_size
 
     def build():

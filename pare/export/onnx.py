@@ -37,6 +37,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> in
     """Export ``model`` for inputs shaped like ``example``; returns the file's bytes."""
     model.eval()
     path = Path(path)
+    if example.shape[0] == 1:  # torch.export fixes dimensions of size 1 (Hugging Face models' batch):
+        example = torch.cat([example, example])  # trace two rows so the batch stays dynamic
 
     def write(tmp: str) -> None:
         with quiet_export():

@@ -41,6 +41,9 @@ def save_tensors(tensors: dict, path: str | Path, key: str, meta, compress: bool
     ``compress`` the whole file is entropy-coded (LZMA/xz, lossless): long runs of zero codes,
     the repetitive header and few distinct values shrink; ``load_tensors`` reads both forms."""
     metadata = {key: json.dumps(meta)}
+    tensors, aliases = _unshared(tensors)
+    if aliases:
+        metadata[ALIASES] = json.dumps(aliases)
     if compress:
         data = lzma.compress(save(tensors, metadata=metadata), preset=9 | lzma.PRESET_EXTREME)
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
@@ -58,4 +61,25 @@ def load_tensors(path: str | Path, key: str) -> tuple[dict, dict]:
     meta = json.loads((header.get("__metadata__") or {}).get(key, "null"))
     if meta is None:
         raise ValueError(f"{path} has no {key!r} header: not written by pare in this format")
-    return load(raw), meta
+    tensors = load(raw)
+    for name, same in json.loads((header.get("__metadata__") or {}).get(ALIASES, "{}")).items():
+        tensors[name] = tensors[same]
+    return tensors, meta
+
+
+ALIASES = "pare_aliases"  # header key: tensor names stored once under another name (tied weights)
+
+
+def _unshared(tensors: dict) -> tuple[dict, dict[str, str]]:
+    """Tensors that share memory (an LLM's token table tied to its output layer) stored once:
+    safetensors refuses shared storage, and a copy would double the table on disk."""
+    first: dict[tuple, str] = {}
+    unique, aliases = {}, {}
+    for name, t in tensors.items():
+        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in first:
+            aliases[name] = first[view]
+        else:
+            first[view] = name
+            unique[name] = t
+    return unique, aliases

@@ -53,11 +53,11 @@ def _zoo_arg_problems(name: str, args: dict) -> list[str]:
 
 def check_model_config(cfg) -> list[str]:
     """Problems a recipe's ``model`` section has before anything is built (for ``pare validate``)."""
-    if getattr(cfg, "hf", None) is not None:
-        from pare.models.hf import resolve_hf
+    if getattr(cfg, "hf", None) is not None or getattr(cfg, "gguf", None) is not None:
+        from pare.models.hf import source
 
         try:
-            resolve_hf(cfg.hf)
+            source(cfg)
         except UnsupportedModelError as e:
             return [str(e)]
         return []
@@ -115,22 +115,28 @@ def build_model(
     problems = check_model_config(cfg)
     if problems:
         raise UnsupportedModelError("; ".join(problems))
-    hf = getattr(cfg, "hf", None)  # model sections of other configs (distill's student) have no hf
-    if hf is not None:
-        from pare.models.hf import TextClassifier, TextEncoder, load_hf
-
-        backbone = load_hf(cfg.hf, tokenizer)
-        table = backbone.get_input_embeddings()
-        if tokenizer is not None and table is not None and len(tokenizer) > table.num_embeddings:
-            raise UnsupportedModelError(
-                f"model.hf {cfg.hf!r}: its tokenizer has {len(tokenizer):,} tokens but the embedding "
-                f"table only {table.num_embeddings:,} rows; tokenizer and weights come from different models"
-            )
-        pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-        model = (
-            TextEncoder(backbone, pad) if kind == "retrieval" else TextClassifier(backbone, num_classes, pad)
+    pretrained = getattr(cfg, "hf", None) is not None or getattr(cfg, "gguf", None) is not None
+    if pretrained:  # model sections of other configs (distill's student) have neither
+        from pare.models.hf import (
+            CausalLM,
+            TextClassifier,
+            TextEncoder,
+            load_hf,
+            model_label,
+            pretrained_params,
+            source,
         )
-        label = f"Hugging Face model {cfg.hf!r}"
+
+        label = model_label(cfg)
+        _check_size(pretrained_params(*source(cfg)), getattr(cfg, "max_params", None), label)
+        backbone = load_hf(*source(cfg), tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+        if kind == "language_model":
+            model = CausalLM(backbone)
+        elif kind == "retrieval":
+            model = TextEncoder(backbone, pad)
+        else:
+            model = TextClassifier(backbone, num_classes, pad)
     elif cfg.name is not None:
         label = f"zoo model {cfg.name!r}"
         _check_size(_zoo_probe(cfg, input_shape, num_classes), getattr(cfg, "max_params", None), label)
@@ -153,14 +159,14 @@ def build_model(
                 f"factory {cfg.factory!r} returned {type(model).__name__}, not a torch.nn.Module"
             )
         label = f"factory {cfg.factory!r}"
-    if cfg.name is None:  # built (a zoo model was counted before it was built)
+    if cfg.name is None and not pretrained:  # zoo and pretrained models were counted before building
         _check_size(sum(p.numel() for p in model.parameters()), getattr(cfg, "max_params", None), label)
     if cfg.weights:
         load_weights(model, cfg.weights)
-    text = hf is not None or kind == "language_model"  # token ids in
-    check_output(
-        model, input_shape, None if kind == "retrieval" else num_classes, label, text=text, kind=kind
-    )
+    text = pretrained or kind == "language_model"  # token ids in
+    # a pretrained LM's logits cover its own vocabulary, which may exceed the tokenizer's
+    classes = None if kind == "retrieval" or (pretrained and kind == "language_model") else num_classes
+    check_output(model, input_shape, classes, label, text=text, kind=kind)
     return model
 
 
@@ -187,7 +193,7 @@ def _check_size(params: int, max_params: int | None, label: str) -> None:
         need = params * TRAIN_BYTES_PER_PARAM / 2**30
         raise UnsupportedModelError(
             f"{label} has {params:,} parameters (training needs about {need:,.1f} GiB; this machine has "
-            f"{ram / 2**30:,.1f} GiB), over the limit of {limit:,}; make it smaller (model.args), or set "
+            f"{ram / 2**30:,.1f} GiB), over the limit of {limit:,}; make it smaller (model.args; or a smaller pretrained model), or set "
             f"model.max_params above {params:,} to build it anyway"
         )
 

@@ -80,11 +80,21 @@ def fold_dir(stage: Path, fold: int, n_folds: int) -> Path:
 
 
 def _tokenizer(recipe: Recipe):
-    if recipe.model.hf is None:
+    if not recipe.model.pretrained:
         return None
-    from pare.models.hf import load_tokenizer  # transformers loads only for Hugging Face models
+    from pare.models.hf import load_tokenizer, source  # transformers loads only for pretrained models
 
-    return load_tokenizer(recipe.model.hf)
+    return load_tokenizer(*source(recipe.model))
+
+
+def generations(recipe: Recipe, model: nn.Module) -> list[dict] | None:
+    """The recipe's prompts continued by ``model`` (a pretrained causal LM; None otherwise)."""
+    from pare.generate import causal_backbone, greedy
+
+    if causal_backbone(model) is None or not recipe.evaluate.prompts:
+        return None
+    tokenizer = _tokenizer(recipe)
+    return [greedy(model, tokenizer, p, recipe.evaluate.max_new_tokens) for p in recipe.evaluate.prompts]
 
 
 def recipe_splits(recipe: Recipe) -> list[Split]:
@@ -162,6 +172,42 @@ def restore(recipe, step: Step, earlier: dict, split: Split, fold: int, out_dir:
     return Built(step, load_weights_file(model, out_dir / WEIGHTS).eval(), info, None)
 
 
+def stage_model(stage_folder: Path) -> tuple[nn.Module, Recipe, str]:
+    """A finished stage's model rebuilt from its run folder (``runs/NAME/stages/NN-stage``): the
+    recipe from ``results.json``, then every stage it starts from, each restored from its
+    record and saved weights. ``(model, recipe, stage name)``."""
+    from pare.errors import PareError
+    from pare.io import read_results
+    from pare.recipes.schema import recipe_from_dict
+
+    stage_folder = Path(stage_folder)
+    run_dir = stage_folder.parent.parent
+    results = read_results(run_dir / "results.json")
+    recipe = recipe_from_dict(results["recipe"], str(run_dir / "results.json"))
+    plan, records = steps(recipe), {r["name"]: r for r in results["stages"]}
+    folders = {stage_dir(run_dir, i, s.name).name: i for i, s in enumerate(plan)}
+    index = folders.get(stage_folder.name)
+    if index is None or plan[index].name not in records:
+        finished = [stage_dir(run_dir, i, s.name) for i, s in enumerate(plan) if s.name in records]
+        raise PareError(
+            f"{stage_folder}: not a finished stage of the run in {run_dir}; finished: "
+            f"{', '.join(str(f) for f in finished) or 'none'}"
+        )
+    names = [s.name for s in plan]
+    chain = [plan[index]]  # the stage, the stage it starts from, ..., back to the baseline
+    while chain[-1].technique is not None and chain[-1].source != "pretrained":
+        chain.append(plan[names.index(chain[-1].source)])
+    split = recipe_splits(recipe)[0]
+    earlier: dict = {}
+    for step in reversed(chain):
+        i = names.index(step.name)
+        info = records[step.name].get("info") or {}
+        earlier[step.name] = restore(
+            recipe, step, earlier, split, 0, stage_dir(run_dir, i, step.name), info
+        ).model
+    return earlier[plan[index].name], recipe, plan[index].name
+
+
 def fold_models(
     recipe: Recipe,
     split: Split,
@@ -206,14 +252,17 @@ def ship(built: Built, out_dir: Path, example) -> Artifact:
     return Artifact(Path(exported["artifact"]), exported.get("runtime", "torch"), weights)
 
 
-def test_quality(built: Built, artifact: Artifact, split: Split, evaluate, seed: int) -> dict:
+def test_quality(built: Built, artifact: Artifact, split: Split, evaluate, seed: int, reference=None) -> dict:
     """Test-set quality of what the step ships (in ONNX Runtime when that is its runtime), next
-    to the torch model's outputs (for a quantized stage, pare's simulation) and validation metrics."""
+    to the torch model's outputs (for a quantized stage, pare's simulation) and validation metrics.
+    ``reference``: the baseline's test outputs on this fold (None for the baseline itself), for
+    tasks whose outputs are measured against it (a language model's KL divergence)."""
     task = get_task(split.kind)
-    torch_outputs = task.outputs(built.model, split.test)
+    kwargs = {"reference": reference} if task.uses_reference else {}
+    torch_outputs = task.outputs(built.model, split.test, **kwargs)
     outputs = torch_outputs
     if artifact.runtime == "onnxruntime":
-        outputs = task.outputs(onnx_runner(ort_session(artifact.path)), split.test)
+        outputs = task.outputs(onnx_runner(ort_session(artifact.path)), split.test, **kwargs)
     y = split.test.y.numpy()
     result = task.score(
         y,

@@ -42,6 +42,7 @@ from pare.recipes.pipeline import (
     compare,
     fold_dir,
     fold_models,
+    generations,
     recipe_splits,
     ship,
     stage_dir,
@@ -182,7 +183,8 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
         tag = f" (fold {fold + 1}/{len(splits)})" if len(splits) > 1 else ""
         with status(f"evaluating {step.name}{tag} on {len(split.test)} test samples"):
             artifacts.append(ship(b, fold_dir(folder, fold, len(splits)), task.inputs(split.test.X[:1])))
-            evals.append(test_quality(b, artifacts[-1], split, ev, recipe.seed))
+            reference = None if baseline is None else baseline[1][fold]["outputs"]
+            evals.append(test_quality(b, artifacts[-1], split, ev, recipe.seed, reference))
     save_predictions(folder, [(e["y"], e["outputs"]) for e in evals])
     with status(f"measuring cost of {step.name}: FLOPs, memory, latency in torch and ONNX Runtime"):
         cost = stage_cost(
@@ -196,6 +198,10 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
             repeats=ev.latency_repeats,
             onnx=ev.onnx,
         )
+    with status(f"generating with {step.name}: the prompts, greedy, KV cache"):
+        generation = generations(recipe, built[0].model)
+    if generation is not None:  # prefill and decode speed are cost as a user of LLMs reads it
+        cost["generation"] = {"runtime": "torch", "prompts": generation}
     record = {
         **built[0].step.record(),
         **aggregate(evals),

@@ -13,6 +13,7 @@ import yaml
 
 from pare.config import did_you_mean, from_dict, param, to_dict
 from pare.errors import ConfigError
+from pare.generate import DEFAULT_PROMPTS
 from pare.io import name_problem
 from pare.models import check_model_config
 from pare.models.config import ModelConfig
@@ -32,9 +33,14 @@ DataSource = Literal[
     "pydoc_retrieval",
     "pydoc_lm",
     "pydoc_topics",
+    "pydoc_text",
+    "text",
 ]
-TEXT_SOURCES = ("pydoc_retrieval", "pydoc_lm", "pydoc_topics")
-TOKENIZED = ("pydoc_retrieval", "pydoc_topics")  # by the pretrained model's own tokenizer
+TEXT_SOURCES = ("pydoc_retrieval", "pydoc_lm", "pydoc_topics", "pydoc_text", "text")
+# tokenized by the pretrained model's own tokenizer
+TOKENIZED = ("pydoc_retrieval", "pydoc_topics", "pydoc_text", "text")
+NEXT_TOKEN = ("pydoc_text", "text")  # next-token windows for a pretrained causal LM
+FILE_SOURCES = ("csv", "npz", "image_folder", "text")
 
 
 @dataclass
@@ -48,7 +54,10 @@ class DataConfig:
     val_fraction: float = param(0.15, gt=0, lt=0.5)
     test_fraction: float = param(0.2, gt=0, lt=0.5)
     cv_folds: int | None = param(None, ge=2, le=20)
-    max_length: int = param(128, ge=8, le=4096)  # text: tokens per text (padded and truncated)
+    max_length: int = param(128, ge=8, le=131_072)  # text: tokens per text or window (padded, truncated)
+    stride: int | None = param(
+        None, ge=1, le=131_072
+    )  # pydoc_text/text test and val windows: tokens between starts (default max_length)
     chunk_sentences: int = param(3, ge=2, le=20)  # pydoc_retrieval/topics: sentences per passage
     vocab_size: int = param(1024, ge=260, le=65536)  # pydoc_lm: byte-level BPE learnt from training topics
 
@@ -56,12 +65,19 @@ class DataConfig:
         problems = []
         if self.source in TEXT_SOURCES and self.cv_folds:
             problems.append(f"data.cv_folds: source {self.source!r} is split once; remove cv_folds")
-        files = ("csv", "npz", "image_folder")
+        files = FILE_SOURCES
+        if self.stride is not None and self.source not in NEXT_TOKEN:
+            problems.append("data.stride: only next-token text (pydoc_text, text) has windows; remove stride")
+        if self.stride is not None and self.stride > self.max_length:
+            problems.append(
+                f"data.stride: {self.stride} is longer than max_length {self.max_length}: tokens between the "
+                f"windows would never be scored; use at most {self.max_length}"
+            )
         if self.source in files and not self.path:
             problems.append(f"data.path: source {self.source!r} needs a path to the file or folder")
         if self.source not in files and self.path:
             problems.append(
-                f"data.path: source {self.source!r} is built in and takes no path; set source: csv/npz/image_folder"
+                f"data.path: source {self.source!r} is built in and takes no path; set source: csv/npz/image_folder/text"
             )
         if self.source == "csv" and not self.label_column:
             problems.append("data.label_column: a CSV source needs the name of its label column")
@@ -94,6 +110,9 @@ class EvalConfig:
     latency_batch: int = param(64, ge=1, le=4096)
     latency_repeats: int = param(50, ge=5, le=10_000)
     onnx: bool = True
+    # a pretrained causal LM: every stage continues these prompts (greedy, KV cache), timed
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    max_new_tokens: int = param(32, ge=1, le=4096)
 
 
 @dataclass
@@ -147,6 +166,8 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
             f"a recipe is a mapping of sections (data, model, train, ...), got {data!r}", source
         )
     data = dict(data)
+    train = data.get("train")
+    epochs_given = isinstance(train, dict) and "epochs" in train
     raw_stages = data.pop("stages", None) or []
     problems: list[str] = []
     recipe = None
@@ -175,15 +196,58 @@ def recipe_from_dict(data: Any, source: str | None = None) -> Recipe:
             "stages: 'baseline' and 'pretrained' are reserved (the trained model every stage is compared "
             "with, and the model before that training)"
         )
-    if recipe is not None and recipe.data.source in TOKENIZED and recipe.model.hf is None:
+    if recipe is not None and recipe.data.source in TOKENIZED and not recipe.model.pretrained:
         problems.append(
             f"model.hf: data source {recipe.data.source!r} is text and is tokenized with the model's tokenizer; "
-            f"set model.hf to a Hugging Face model directory"
+            f"set model.hf to a Hugging Face model directory (or model.gguf to a GGUF file)"
         )
+    causal = None
+    if recipe is not None and recipe.model.pretrained and not check_model_config(recipe.model):
+        causal = _pretrained_problems(recipe, problems)
     if problems:
         raise ConfigError(problems, source)
+    if causal and not epochs_given:  # a pretrained LM's baseline is the model as loaded
+        recipe.train.epochs = 0
     recipe.stages = stages
     return recipe
+
+
+def _pretrained_problems(recipe: Recipe, problems: list[str]) -> bool:
+    """Add what does not fit between a pretrained model and the data; whether it is a causal LM."""
+    from pare.errors import UnsupportedModelError
+    from pare.models.hf import context_length, is_causal, load_config, model_label, source
+
+    try:
+        folder, gguf = source(recipe.model)
+        config = load_config(folder, gguf)
+    except UnsupportedModelError as e:
+        problems.append(str(e))
+        return False
+    causal = is_causal(config, gguf)
+    label, data = model_label(recipe.model), recipe.data.source
+    arch = ", ".join(config.architectures or []) or config.model_type
+    if data == "pydoc_lm":
+        problems.append(
+            f"data.source: 'pydoc_lm' learns its own tokenizer for a model trained from scratch; {label} has "
+            f"its own: use source: pydoc_text (or text with a path)"
+        )
+    elif causal and data not in NEXT_TOKEN:
+        problems.append(
+            f"data.source: {label} is a causal language model ({arch}); it is measured on next-token text: "
+            f"use source: pydoc_text (or text with a path), not {data!r}"
+        )
+    elif not causal and data in NEXT_TOKEN:
+        problems.append(
+            f"data.source: {data!r} is next-token text, but {label} is not a causal language model ({arch}); "
+            f"give a ...ForCausalLM model, or a source for encoders (pydoc_retrieval, pydoc_topics)"
+        )
+    context = context_length(config)
+    if context is not None and recipe.data.max_length > context:
+        problems.append(
+            f"data.max_length: {recipe.data.max_length} tokens is beyond {label}'s context of {context}; "
+            f"use at most {context}"
+        )
+    return causal
 
 
 def _stage(i: int, raw: Any, earlier_stages: list[StageConfig], problems: list[str]) -> StageConfig | None:

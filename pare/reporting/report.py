@@ -25,7 +25,7 @@ def build(results: dict, out: Path) -> list[tuple]:
     plot_dir = out / "plots"
     inside(out, plot_dir)  # a link planted there must not lead the plots outside the run folder
     blocks = _overview(results, plot_dir) + _training(results, plot_dir) + _quality(results, out, plot_dir)
-    blocks += _cost(results)
+    blocks += _cost(results) + _generation(results)
     blocks.append(("h", 2, "What each stage did"))
     for i, s in enumerate(results["stages"][1:], start=1):
         blocks += _stage_info_blocks(s, plot_dir / f"sensitivity-{i:02d}.png")
@@ -107,8 +107,23 @@ def _quality(results: dict, out: Path, plot_dir: Path) -> list[tuple]:
                 c = s.get("comparison", {})
                 cos = c.get("embedding_cosine")
                 row.append("—" if cos is None else f"{cos:.4f} / {c['embedding_cosine_min']:.4f}")
+        if any("same_top_token" in s.get("comparison", {}) for s in stages[1:]):  # next-token fidelity
+            titles += ["KL divergence to baseline [95 % CI]", "same top token [95 % CI]"]
+            for row, s in zip(deltas, stages[1:]):
+                c = s.get("comparison", {})
+                row.append(_with_ci(c, "kl_divergence", "{:.4f}"))
+                row.append(_with_ci(c, "same_top_token", "{:.2%}"))
         blocks.append(("table", ["stage", *titles], deltas))
     return blocks + _class_blocks(results, out, plot_dir) + _fold_blocks(results)
+
+
+def _with_ci(comparison: dict, name: str, pattern: str) -> str:
+    value = comparison.get(name)
+    if value is None:
+        return "—"
+    ci = next((comparison[k] for k in comparison if k.startswith(f"{name}_ci")), None)
+    text = pattern.format(value)
+    return f"{text} [{pattern.format(ci[0])}, {pattern.format(ci[1])}]" if ci else text
 
 
 def _class_blocks(results: dict, out: Path, plot_dir: Path) -> list[tuple]:
@@ -150,6 +165,40 @@ def _fold_blocks(results: dict) -> list[tuple]:
         ("p", f"{NAMES.get(headline, headline)} per fold:"),
         ("table", ["stage", *[f"fold {i + 1}" for i in range(folds)]], rows),
     ]
+
+
+def _generation(results: dict) -> list[tuple]:
+    """The same prompts continued by every stage, side by side, with prefill and decode speed."""
+    stages = [s for s in results["stages"] if "generation" in s["cost"]]
+    if not stages:
+        return []
+    first = stages[0]["cost"]["generation"]["prompts"]
+    blocks: list[tuple] = [
+        ("h", 2, "Generation"),
+        (
+            "p",
+            f"Greedy continuations with a KV cache, in torch ({first[0]['threads']} threads, batch 1): "
+            "prefill is the prompt in one pass, decode one token per pass.",
+        ),
+    ]
+    for i, prompt in enumerate(first):
+        rows = []
+        for s in stages:
+            g = s["cost"]["generation"]["prompts"][i]
+            speed = g["decode_tokens_per_s"]
+            rows.append(
+                [
+                    s["name"],
+                    "".join(c if c.isprintable() else "�" for c in " ".join(g["text"].split())) or "—",
+                    f"{g['prompt_tokens']} tokens in {g['prefill_ms']:.0f} ms",
+                    "—" if speed is None else f"{speed:.1f} tokens/s",
+                ]
+            )
+        blocks += [
+            ("p", f"Prompt {i + 1}: *{prompt['prompt']}*"),
+            ("table", ["stage", "continuation", "prefill", "decode"], rows),
+        ]
+    return blocks
 
 
 def _cost(results: dict) -> list[tuple]:

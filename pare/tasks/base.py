@@ -28,6 +28,7 @@ class Task:
     drop_unit = "points"  # "points": 100 x the difference of a [0, 1] metric; "percent": relative
     summary_metrics: tuple[str, ...] = ()  # the columns a person scans first
     outputs_are_probabilities = False  # stored outputs are class probabilities (ROC curves apply)
+    uses_reference = False  # outputs() takes the baseline's stored outputs on the part (reference=)
 
     def report_metrics(self, metrics: dict, classes: list[str]) -> list[str]:
         """The report's quality columns, in order (default: every number the task scored)."""

@@ -336,3 +336,36 @@ def test_recipe_with_prune_stages_runs_and_resumes(tmp_path, fast_recipe):
     assert sparse["artifact"].endswith("model.sparse.safetensors") and sparse["comparison"]["size_ratio"] > 2
     again = pare.run(recipe, tmp_path, resume=True, report=False)
     assert [s["seconds"] for s in again["stages"]] == [s["seconds"] for s in first["stages"]]
+
+
+def test_random_criterion_is_the_same_in_every_process():
+    """The random control draws its scores layer by layer in a fixed order, not in the order of a
+    set of names (which changes with PYTHONHASHSEED from process to process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from types import SimpleNamespace\n"
+        "from pare.models.zoo import ZOO\n"
+        "from pare.techniques.prune import PruneConfig\n"
+        "from pare.techniques.prune.apply import _group_scores, _safe_groups\n"
+        "model = ZOO['resnet']((1, 8, 8), 10, width=8, depth=2, stages=3).eval()\n"
+        "names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}\n"
+        "groups, _ = _safe_groups(model, names, torch.zeros(1, 1, 8, 8))\n"
+        "torch.manual_seed(0)\n"
+        "scores = _group_scores(model, PruneConfig(criterion='random'), None, groups)\n"
+        "print(sorted((str(k), round(v, 6)) for k, v in scores.items()))\n"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3", "4")
+    }
+    assert len(outs) == 1

@@ -331,7 +331,8 @@ def _group_key(g) -> tuple:
 
 
 def _group_scores(model, config, ctx, groups) -> dict[tuple, float]:
-    producers = {name for g in groups for name, _ in g.producers}
+    # sorted: the random criterion draws per module in this order, which must not follow hashing
+    producers = sorted({name for g in groups for name, _ in g.producers})
     modules = {name: model.get_submodule(name) for name in producers}
     per_module: dict[str, torch.Tensor] = {}
     if config.criterion in criteria.CHANNEL_CRITERIA:

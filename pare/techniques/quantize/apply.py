@@ -204,7 +204,14 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
             )
     if unsupported:
         info["skipped_layers"] = unsupported
-        listed = ", ".join(f"{u['layer']} ({u['type']})" for u in unsupported)
+        by_type: dict[str, list[str]] = {}
+        for u in unsupported:
+            by_type.setdefault(u["type"], []).append(u["layer"])
+        # one entry per type: an LLM has a norm per block, and the full list is in info
+        listed = ", ".join(
+            f"{t} {names[0]}" if len(names) == 1 else f"{len(names)} {t} ({names[0]}, ...)"
+            for t, names in by_type.items()
+        )
         console.print(f"[yellow]  quantize: skipping layers of unsupported types: {listed}[/]")
     if config.folds_batchnorm:
         model = _fold(model, config)

@@ -18,4 +18,50 @@ def tokenizer():
 def minilm(tokenizer):
     from pare.models.hf import TextEncoder, load_hf
 
-    return TextEncoder(load_hf(MINILM, tokenizer), tokenizer.pad_token_id).eval()
+    return TextEncoder(load_hf(MINILM, tokenizer=tokenizer), tokenizer.pad_token_id).eval()
+
+
+def tiny_causal_lm(folder, arch: str = "llama", vocab: int = 384, context: int = 256):
+    """A causal LM of ``arch`` built from a config (random weights, seeded) with a byte-level BPE
+    tokenizer learnt on the fly from a few pydoc topics, saved as a Hugging Face folder. Its
+    embedding has 8 rows more than the tokenizer's vocabulary, as real models' often have (and
+    room for the special token a Qwen2 tokenizer adds)."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    from pare.data.text import pydoc_topics, train_tokenizer
+
+    tok = train_tokenizer(list(pydoc_topics().values())[:12], vocab)
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
+    torch.manual_seed(0)
+    shared = {"vocab_size": vocab + 8}
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=context, **shared))
+    else:
+        config, cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+        model = cls(
+            config(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=context,
+                **shared,
+            )
+        )
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    return tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"), "llama")

@@ -59,3 +59,16 @@ def test_gpt_recipe_trains_and_gptq_stays_closer_than_rtn(tmp_path):
     assert 0 <= increase["int4-gptq"] < increase["int4-rtn"]
     assert rtn["comparison"]["size_ratio"] > 2.5
     assert "perplexity" in (tmp_path / "report.md").read_text()
+
+
+def test_kl_and_top_tokens_work_with_a_vocabulary_smaller_than_the_top_k():
+    task = get_task("language_model")
+    part = pare.data.Part(torch.zeros(3, 4, dtype=torch.long), torch.randint(0, 5, (3, 4)))
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    ref = task.outputs(lambda x: a, part)
+    paired = task.paired(part.y.numpy(), task.outputs(lambda x: b, part, reference=ref), ref, n_boot=20)
+    p, q = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+    full = (p.exp() * (p - q)).sum(-1).mean().item()  # all 5 tokens are among the top: exact
+    assert paired["kl_divergence"] == pytest.approx(full, rel=1e-5)
+    assert paired["kl_top_mass"] == pytest.approx(1.0, abs=1e-6)
