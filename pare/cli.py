@@ -85,6 +85,19 @@ def _cmd_generate(args) -> None:
         )
 
 
+def _cmd_checkpoint(args) -> None:
+    from pare.errors import ConfigError
+    from pare.recipes.checkpoint import stage_checkpoint
+
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"--out {out}: already exists; name a new folder (nothing is overwritten)")
+    name, size = stage_checkpoint(Path(args.stage), out)
+    print(
+        f"stage {name!r} written to {out} ({size / 1e6:.1f} MB): transformers loads it with from_pretrained"
+    )
+
+
 def _cmd_lr_find(args) -> None:
     from pare.errors import ConfigError
     from pare.io import atomic_write_json
@@ -284,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", action="append", help="repeatable (default: the recipe's evaluate.prompts)")
     g.add_argument("--max-new-tokens", type=_count(1), default=32)
     g.set_defaults(func=_cmd_generate)
+
+    c = sub.add_parser(
+        "checkpoint",
+        help="write a stage of a pretrained LM as a Hugging Face folder (compressed-tensors pack-quantized)",
+    )
+    c.add_argument("stage", help="a stage folder of a run, e.g. runs/smollm2_pydoc/stages/02-int4-rtn-g128")
+    c.add_argument("--out", required=True, help="a new folder for config.json, model.safetensors, tokenizer")
+    c.set_defaults(func=_cmd_checkpoint)
 
     f = sub.add_parser("lr-find", help="learning-rate range test with a plot")
     f.add_argument("recipe", nargs="?", default="default")

