@@ -86,12 +86,9 @@ def _cmd_generate(args) -> None:
 
 
 def _cmd_checkpoint(args) -> None:
-    from pare.errors import ConfigError
     from pare.recipes.checkpoint import stage_checkpoint
 
     out = Path(args.out)
-    if out.exists():
-        raise ConfigError(f"--out {out}: already exists; name a new folder (nothing is overwritten)")
     name, size = stage_checkpoint(Path(args.stage), out)
     print(
         f"stage {name!r} written to {out} ({size / 1e6:.1f} MB): transformers loads it with from_pretrained"

@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from pare.errors import UnsupportedModelError
+from pare.errors import ConfigError, UnsupportedModelError
 from pare.formats.packed import pack_bits
 from pare.formats.schemes import QuantizedWeight, WeightSpec
-from pare.io import atomic_write, atomic_write_json
+from pare.io import atomic_write_json
 
 FORMAT = "pack-quantized"
 # transformers stores these Linear layers transposed (Conv1D); the format has no layout for them
@@ -124,18 +124,11 @@ def quantization_config(model: nn.Module, quantized: dict[str, tuple[QuantizedWe
     }
 
 
-def _write_folder(
-    model: nn.Module,
-    quantized: dict[str, tuple[QuantizedWeight, WeightSpec]],
-    folder: Path,
-    tokenizer=None,
-) -> None:
-    """``model``: the Hugging Face causal LM (its Linear weights may be pare's dequantized ones);
-    ``quantized``: its parameter names -> codes and spec (empty: a plain float folder). Writes
-    config.json, model.safetensors, generation_config.json and the tokenizer into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _tensors_and_config(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]):
+    """model.safetensors' tensors and config.json's content: quantized weights as the format's
+    tensors, everything else as it is; a tied output layer stored once unless it is quantized."""
     config = model.config.to_dict()
-    state = dict(model.state_dict())
+    state = model.state_dict()
     dtype = next(iter(state.values())).dtype
     head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()) + ".weight"
     if getattr(model.config, "tie_word_embeddings", False):
@@ -151,18 +144,12 @@ def _write_folder(
             for key, t in _weight_tensors(q, spec, value.shape, dtype).items():
                 tensors[prefix + key] = t
         else:
-            tensors[name] = value.detach().contiguous().clone()
+            tensors[name] = value.detach().contiguous()
     if quantized:
         config["quantization_config"] = quantization_config(model, quantized)
     else:
         config.pop("quantization_config", None)  # a GGUF file's: its weights are float now
-    atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write_json(folder / "config.json", config)
-    generation = getattr(model, "generation_config", None)
-    if generation is not None:
-        atomic_write_json(folder / "generation_config.json", json.loads(generation.to_json_string()))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    return tensors, config
 
 
 def write_checkpoint(
@@ -171,17 +158,29 @@ def write_checkpoint(
     folder: Path,
     tokenizer=None,
 ) -> int:
-    """``model`` (a transformers causal LM) as a Hugging Face folder: pack-quantized when
-    ``quantized`` names layers, plain safetensors otherwise. Written into a temporary sibling and
-    renamed, so ``folder`` is either complete or absent. Returns the folder's bytes."""
+    """``model`` (a transformers causal LM, its Linear weights pare's dequantized ones) as the new
+    Hugging Face folder ``folder``: config.json, model.safetensors, generation_config.json and the
+    tokenizer; pack-quantized for the parameters ``quantized`` names (-> codes and spec), plain
+    float safetensors when it names none. Written into a temporary sibling and renamed, so
+    ``folder`` is either complete or absent. Returns the folder's bytes."""
+    if folder.exists():
+        raise ConfigError(f"{folder}: already exists; name a new folder (nothing is overwritten)")
     problem = checkpoint_problem(model.config, quantized)
     if problem:
         raise UnsupportedModelError(f"cannot write a compressed-tensors checkpoint: {problem}")
+    tensors, config = _tensors_and_config(model, quantized)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         # not save_pretrained: transformers refuses to save a model it read from a GGUF file
-        _write_folder(model, quantized, tmp, tokenizer)
+        tmp.mkdir(parents=True)
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        atomic_write_json(tmp / "config.json", config)  # (for its encoder of torch dtypes)
+        generation = getattr(model, "generation_config", None)
+        if generation is not None:
+            atomic_write_json(tmp / "generation_config.json", json.loads(generation.to_json_string()))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

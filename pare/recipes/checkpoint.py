@@ -1,10 +1,10 @@
-"""A finished stage of a pretrained causal LM as a Hugging Face folder that transformers (and
-vLLM) load: the stage rebuilt from its run folder, its quantized Linear layers written with their
-own codes and scales (``pare.export.hf_checkpoint``), everything else as it is."""
+"""A finished stage of a pretrained causal LM as a Hugging Face folder that transformers loads
+(in the format vLLM serves; not tried with vLLM here): the stage rebuilt from its run folder,
+its quantized Linear layers written with their own codes and scales
+(``pare.export.hf_checkpoint``), everything else as it is."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch.nn as nn
@@ -38,8 +38,6 @@ def stage_checkpoint(stage_folder: Path, out: Path) -> tuple[str, int]:
             )
     quantized = {f"{n}.weight": (layer.quantized, layer.spec) for n, layer in layers.items()}
     # names relative to the transformers model, and plain Linear layers holding pare's dequantized
-    # weights for whatever the format keeps in float
-    size = write_checkpoint(
-        merge_all(copy.deepcopy(lm)), quantized, out, load_tokenizer(*source(recipe.model))
-    )
+    # weights for whatever the format keeps in float; merged in place: the model was rebuilt for this
+    size = write_checkpoint(merge_all(lm), quantized, out, load_tokenizer(*source(recipe.model)))
     return name, size

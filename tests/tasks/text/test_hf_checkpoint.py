@@ -18,8 +18,6 @@ from pare.recipes.pipeline import stage_model
 from tests.tasks.text.conftest import tiny_causal_lm
 from tests.tasks.text.test_causal_lm import lm_recipe
 
-pytest.importorskip("compressed_tensors")
-
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 def test_rows_pack_as_compressed_tensors_packs_them(bits):
