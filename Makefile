@@ -30,12 +30,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# two workers of one thread each: most tests are too small to keep two threads busy, and the
+# benchmark smoke runs (subprocesses) then share the cores with the rest instead of following it
 test: lint
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal
 
 # full runs, one after the other (never two at once: they time on the same two cores), then
 # the README's tables from their JSON; commit the tree first, or the results record it as dirty
-BENCHMARKS := quantization pruning distillation transformers memory
+BENCHMARKS := quantization pruning distillation transformers memory llm
 bench: $(STAMP)
 	set -e; for b in $(BENCHMARKS); do $(PY) benchmarks/$$b.py --out benchmarks/results/$$b.json; done
 	$(PY) benchmarks/tables.py

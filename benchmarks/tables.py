@@ -275,6 +275,39 @@ def memory(r: dict) -> str:
     return md_table(header, rows) + "\n\n" + targets_table(r)
 
 
+def llm(r: dict) -> str:
+    rows = []
+    for row in r["rows"]:
+        m = row["metrics"]
+        baseline = "kl_divergence" not in m
+        rows.append(
+            [
+                row["name"],
+                tool(row),
+                row["runtime"],
+                ci(m["perplexity"], m.get("perplexity_ci95"), "{:.2f}", "{:.2f}"),
+                "—"
+                if baseline
+                else ci(m["perplexity_increase"], m.get("perplexity_delta_ci95"), "{:+.3f}", "{:+.3f}"),
+                "—" if baseline else f"{m['kl_divergence']:.4f}",
+                "—" if baseline else f"{100 * m['same_top_token']:.1f} %",
+                size(row["size_bytes"]),
+                f"{row['size_ratio']:.2f}×",
+                f"{row['prefill_ms']:.0f}",
+                f"{row['decode_tokens_per_s']:.1f} ({row['decode_ratio']:.2f}×)",
+            ]
+        )
+    header = ["variant", "tool", "runtime", "perplexity [95 % CI]", "increase [95 % CI]", "KL", "same top"]
+    header += ["file", "smaller", "prefill ms", "decode tokens/s (× fp32, same runtime)"]
+    not_run = "\n".join(f"- {what}: {why}" for what, why in r.get("not_run", {}).items())
+    return (
+        md_table(header, rows)
+        + "\n\n"
+        + targets_table(r)
+        + ("\n\nNot run yet:\n\n" + not_run if not_run else "")
+    )
+
+
 # table name -> (results file stem, renderer)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "quantization": ("quantization", quantization),
@@ -284,6 +317,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "transformers-gpt": ("transformers", transformers_gpt),
     "transformers-lora": ("transformers", transformers_lora),
     "memory": ("memory", memory),
+    "llm": ("llm", llm),
 }
 
 

@@ -63,21 +63,29 @@ def _cmd_validate(args) -> None:
 
 def _cmd_generate(args) -> None:
     from pare.errors import ConfigError
-    from pare.generate import causal_backbone, greedy
-    from pare.models.hf import load_tokenizer, source
+    from pare.generate import DEFAULT_PROMPTS, causal_backbone, greedy
+    from pare.models.hf import CausalLM, load_tokenizer, source
     from pare.recipes.pipeline import stage_model
 
-    model, recipe, name = stage_model(Path(args.stage))
-    if causal_backbone(model) is None:
-        raise ConfigError(
-            f"{args.stage}: stage {name!r} is not a pretrained causal LM (model.hf or model.gguf); "
-            f"pare generate continues prompts with those"
-        )
-    tokenizer = load_tokenizer(*source(recipe.model))
-    for prompt in args.prompt or recipe.evaluate.prompts:
+    folder = Path(args.stage)
+    if (folder / "model.onnx").exists():  # written by `pare checkpoint --format onnx`
+        from pare.export.onnx_lm import OrtCausalLM
+
+        model, tokenizer = CausalLM(OrtCausalLM(folder / "model.onnx")), load_tokenizer(folder)
+        name, runtime, prompts = folder.name, "onnxruntime", args.prompt or list(DEFAULT_PROMPTS)
+    else:
+        model, recipe, name = stage_model(folder)
+        if causal_backbone(model) is None:
+            raise ConfigError(
+                f"{args.stage}: stage {name!r} is not a pretrained causal LM (model.hf or model.gguf); "
+                f"pare generate continues prompts with those"
+            )
+        tokenizer = load_tokenizer(*source(recipe.model))
+        runtime, prompts = "torch", args.prompt or recipe.evaluate.prompts
+    for prompt in prompts:
         g = greedy(model, tokenizer, prompt, args.max_new_tokens)
         speed = g["decode_tokens_per_s"]
-        print(f"[{name}, torch] {prompt}{g['text']}")
+        print(f"[{name}, {runtime}] {prompt}{g['text']}")
         print(
             f"  {g['prompt_tokens']} prompt tokens in {g['prefill_ms']:.0f} ms; {g['new_tokens']} new tokens"
             + ("" if speed is None else f" at {speed:.1f} tokens/s")
@@ -89,10 +97,13 @@ def _cmd_checkpoint(args) -> None:
     from pare.recipes.checkpoint import stage_checkpoint
 
     out = Path(args.out)
-    name, size = stage_checkpoint(Path(args.stage), out)
-    print(
-        f"stage {name!r} written to {out} ({size / 1e6:.1f} MB): transformers loads it with from_pretrained"
+    name, size = stage_checkpoint(Path(args.stage), out, args.format, args.accuracy_level)
+    loader = (
+        f"ONNX Runtime runs model.onnx (pare generate {out})"
+        if args.format == "onnx"
+        else "transformers loads it with from_pretrained"
     )
+    print(f"stage {name!r} written to {out} ({size / 1e6:.1f} MB): {loader}")
 
 
 def _cmd_lr_find(args) -> None:
@@ -290,17 +301,35 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser(
         "generate", help="continue prompts with a finished stage of a pretrained LM (greedy, KV cache)"
     )
-    g.add_argument("stage", help="a stage folder of a run, e.g. runs/smollm2_pydoc/stages/02-int4-rtn-g128")
+    g.add_argument(
+        "stage",
+        help="a stage folder of a run (e.g. runs/smollm2_pydoc/stages/02-int4-rtn-g128), or a folder "
+        "written by `pare checkpoint --format onnx`",
+    )
     g.add_argument("--prompt", action="append", help="repeatable (default: the recipe's evaluate.prompts)")
     g.add_argument("--max-new-tokens", type=_count(1), default=32)
     g.set_defaults(func=_cmd_generate)
 
     c = sub.add_parser(
         "checkpoint",
-        help="write a stage of a pretrained LM as a Hugging Face folder (compressed-tensors pack-quantized)",
+        help="write a stage of a pretrained LM as a folder transformers (compressed-tensors) or ONNX Runtime loads",
     )
     c.add_argument("stage", help="a stage folder of a run, e.g. runs/smollm2_pydoc/stages/02-int4-rtn-g128")
-    c.add_argument("--out", required=True, help="a new folder for config.json, model.safetensors, tokenizer")
+    c.add_argument("--out", required=True, help="a new folder for the weights, config.json and the tokenizer")
+    c.add_argument(
+        "--format",
+        choices=["compressed-tensors", "onnx"],
+        default="compressed-tensors",
+        help="compressed-tensors pack-quantized safetensors, or model.onnx with a KV cache and "
+        "MatMulNBits 4/8-bit layers",
+    )
+    c.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=[0, 1, 2, 3, 4],
+        default=0,
+        help="onnx: MatMulNBits' compute type (0: float32 inputs; 4: inputs quantized to int8 per block, faster)",
+    )
     c.set_defaults(func=_cmd_checkpoint)
 
     f = sub.add_parser("lr-find", help="learning-rate range test with a plot")

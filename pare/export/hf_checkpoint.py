@@ -15,6 +15,7 @@ place for packed zero points yet (vllm-project/llm-compressor#1618).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -163,25 +164,43 @@ def write_checkpoint(
     tokenizer; pack-quantized for the parameters ``quantized`` names (-> codes and spec), plain
     float safetensors when it names none. Written into a temporary sibling and renamed, so
     ``folder`` is either complete or absent. Returns the folder's bytes."""
-    if folder.exists():
-        raise ConfigError(f"{folder}: already exists; name a new folder (nothing is overwritten)")
     problem = checkpoint_problem(model.config, quantized)
     if problem:
         raise UnsupportedModelError(f"cannot write a compressed-tensors checkpoint: {problem}")
     tensors, config = _tensors_and_config(model, quantized)
+    with new_folder(folder) as tmp:
+        # not save_pretrained: transformers refuses to save a model it read from a GGUF file
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_model_files(model, tmp, tokenizer, config)
+    return folder_bytes(folder)
+
+
+@contextlib.contextmanager
+def new_folder(folder: Path):
+    """A temporary sibling of ``folder`` to write into, renamed to ``folder`` when the block ends
+    without error, so that ``folder`` is either complete or absent; an existing one is refused."""
+    if folder.exists():
+        raise ConfigError(f"{folder}: already exists; name a new folder (nothing is overwritten)")
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        # not save_pretrained: transformers refuses to save a model it read from a GGUF file
         tmp.mkdir(parents=True)
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        atomic_write_json(tmp / "config.json", config)  # (for its encoder of torch dtypes)
-        generation = getattr(model, "generation_config", None)
-        if generation is not None:
-            atomic_write_json(tmp / "generation_config.json", json.loads(generation.to_json_string()))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        yield tmp
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_files(model: nn.Module, folder: Path, tokenizer=None, config: dict | None = None) -> None:
+    """config.json, generation_config.json and the tokenizer's files: what a loader reads beside
+    the weights."""
+    atomic_write_json(folder / "config.json", config or model.config.to_dict())  # (its encoder of dtypes)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        atomic_write_json(folder / "generation_config.json", json.loads(generation.to_json_string()))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())

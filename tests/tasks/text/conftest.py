@@ -65,3 +65,33 @@ def tiny_causal_lm(folder, arch: str = "llama", vocab: int = 384, context: int =
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     return tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def quantized_run(tmp_path_factory):
+    """A run of the tiny Llama with a GPTQ 4-bit, an asymmetric RTN 3-bit and an int8 dynamic stage."""
+    import pare
+    from tests.tasks.text.test_causal_lm import lm_recipe
+
+    root = tmp_path_factory.mktemp("ct")
+    recipe = lm_recipe({"hf": str(tiny_causal_lm(root / "llama", "llama"))})
+    weight_only = {
+        "technique": "quantize",
+        "mode": "weight_only",
+        "granularity": "per_group",
+        "from": "baseline",
+    }
+    recipe["stages"] = [
+        {
+            **weight_only,
+            "name": "gptq4",
+            "method": "gptq",
+            "bits": 4,
+            "group_size": 16,
+            "calibration_samples": 16,
+        },
+        {**weight_only, "name": "rtn3-asym", "bits": 3, "symmetric": False, "exclude": ["model.lm_head"]},
+        {"technique": "quantize", "name": "int8-dynamic", "mode": "dynamic", "from": "baseline"},
+    ]
+    pare.run(recipe, root / "run")
+    return root

@@ -34,32 +34,6 @@ def _logits(model, ids):
         return model(ids) if isinstance(model, pare.models.hf.CausalLM) else model(input_ids=ids).logits
 
 
-@pytest.fixture(scope="module")
-def quantized_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ct")
-    recipe = lm_recipe({"hf": str(tiny_causal_lm(root / "llama", "llama"))})
-    weight_only = {
-        "technique": "quantize",
-        "mode": "weight_only",
-        "granularity": "per_group",
-        "from": "baseline",
-    }
-    recipe["stages"] = [
-        {
-            **weight_only,
-            "name": "gptq4",
-            "method": "gptq",
-            "bits": 4,
-            "group_size": 16,
-            "calibration_samples": 16,
-        },
-        {**weight_only, "name": "rtn3-asym", "bits": 3, "symmetric": False, "exclude": ["model.lm_head"]},
-        {"technique": "quantize", "name": "int8-dynamic", "mode": "dynamic", "from": "baseline"},
-    ]
-    pare.run(recipe, root / "run")
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["01-gptq4", "02-rtn3-asym"])
 def test_transformers_loads_the_checkpoint_to_pare_s_logits(quantized_run, stage):

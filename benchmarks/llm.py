@@ -1,0 +1,246 @@
+"""Pretrained LLM in ONNX Runtime: SmolLM2-135M (from its GGUF file) at 4 bits against fp32,
+pare's own codes as MatMulNBits against ONNX Runtime's own quantizer, with a KV cache.
+
+The data and the model are the built-in ``smollm2_pydoc`` recipe's (pydoc topics, whole topics
+held out; test windows of 256 tokens). Every row is scored on the same test windows against the
+fp32 torch model: perplexity, its increase (with a paired 95 % interval), the KL divergence of
+next-token distributions (a lower bound over the baseline's top 32 tokens) and the share of
+positions with the same top token. Speed is what a user of LLMs reads: prefill milliseconds for
+a prompt and greedy decode tokens per second at batch 1 through the KV cache, every row timed in
+turn, round after round, on the same threads; ratios against fp32 in the same runtime.
+
+Rows: fp32 in torch and in ONNX Runtime; pare's RTN 4-bit (symmetric, group 64; the tied head
+float) as MatMulNBits at accuracy level 0 (float32 compute) and 4 (int8 compute); ONNX Runtime's
+``MatMulNBitsQuantizer`` (RTN, the same scheme, the head left out) on pare's fp32 graph. Group 64:
+the 576 hidden inputs are 4.5 groups of 128. What is not here yet, and why, is printed and kept
+in the JSON (``not_run``).
+
+--quick: the first 2 of the 30 decoder blocks and 4 test windows (a smoke run: every row, no
+meaningful figures, targets not decided).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# this folder holds transformers.py, which must not shadow the library: put it last on the path
+HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(HERE)] + [HERE]
+import torch  # noqa: E402
+from _common import parse_args, print_table, print_targets, stage, target, write  # noqa: E402
+
+from pare.data.dataset import Part  # noqa: E402
+from pare.export.onnx_lm import OrtCausalLM, export_causal_lm  # noqa: E402
+from pare.generate import DEFAULT_PROMPTS, greedy  # noqa: E402
+from pare.models.hf import CausalLM, load_tokenizer, source  # noqa: E402
+from pare.recipes import load_recipe  # noqa: E402
+from pare.recipes.checkpoint import lm_checkpoint  # noqa: E402
+from pare.recipes.pipeline import recipe_model, recipe_splits  # noqa: E402
+from pare.tasks import get_task  # noqa: E402
+
+MODEL = "SmolLM2-135M"
+INT4 = {"mode": "weight_only", "bits": 4, "granularity": "per_group", "group_size": 64}
+NOT_RUN = {
+    "pare GPTQ / AWQ 4-bit and 3-bit": "GPTQ on SmolLM2 waits for the layer-by-layer calibration engine "
+    "(today every layer re-runs the whole model: 210 passes over the calibration windows)",
+    "ONNX Runtime GPTQ config": "runs with pare's GPTQ rows, on the same calibration windows",
+    "llm-compressor GPTQModifier": "not installed: its pins would replace this transformers (own venv planned)",
+    "torchao int4 weight-only": "not tried yet with torch 2.13.0 CPU",
+    "llama.cpp (Q4_1 GGUF)": "llama-cpp-python builds from source; not tried yet",
+    "decode at batch 8, generation peak memory": "not measured yet",
+}
+
+
+def ort_quantized(fp32_onnx: Path, out: Path) -> None:
+    """ONNX Runtime's own RTN (symmetric, block 64) on the fp32 graph; the head MatMul (the tied
+    token table, kept float in pare's rows too) left out."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(
+        logging.WARNING
+    )  # a line per node
+    model = onnx.load(str(fp32_onnx))
+    head = [n.name for n in model.graph.node if n.op_type == "MatMul" and "logits" in n.output]
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=64, is_symmetric=True, nodes_to_exclude=head)
+    q.process()
+    q.model.save_model_to_file(str(out), use_external_data_format=False)
+
+
+def quality(task, model, part: Part, reference) -> dict:
+    out = task.outputs(model, part, batch_size=8, reference=reference)
+    ev = task.score(part.y.numpy(), out, bootstrap=1000)
+    metrics = dict(ev.metrics)
+    if reference is not None:
+        metrics.update(task.paired(part.y.numpy(), out, reference, n_boot=1000))
+    return {"metrics": metrics, "tokens": ev.details["tokens"], "windows": ev.details["windows"], "out": out}
+
+
+def speed(runners: dict, tokenizer, rounds: int, new_tokens: int) -> dict:
+    """Median prefill ms and decode tokens/s per runner over ``rounds`` x the default prompts,
+    the runners taking turns (so the drift of a shared machine hits all alike)."""
+    seen: dict[str, dict[str, list]] = {n: {"prefill": [], "decode": []} for n in runners}
+    for r in range(rounds + 1):  # round 0 warms every runner up
+        for name, model in runners.items() if r % 2 else reversed(runners.items()):
+            for prompt in DEFAULT_PROMPTS:
+                g = greedy(model, tokenizer, prompt, new_tokens)
+                if r:
+                    seen[name]["prefill"].append(g["prefill_ms"])
+                    seen[name]["decode"].append(g["decode_tokens_per_s"] or float("nan"))
+    return {
+        n: {
+            "prefill_ms": statistics.median(v["prefill"]),
+            "decode_tokens_per_s": statistics.median(v["decode"]),
+        }
+        for n, v in seen.items()
+    }
+
+
+def main() -> None:
+    args = parse_args("llm")
+    torch.manual_seed(0)
+    recipe = load_recipe("smollm2_pydoc")
+    split = recipe_splits(recipe)[0]
+    tokenizer = load_tokenizer(*source(recipe.model))
+    model = recipe_model(recipe, split)
+    blocks = len(model.model.model.layers)
+    if args.quick:  # a smoke run: the same rows and code paths on a 2-block model
+        model.model.model.layers = model.model.model.layers[:2]
+        model.model.config.num_hidden_layers = 2
+    windows = 4 if args.quick else len(split.test)
+    part = Part(split.test.X[:windows], split.test.y[:windows])
+    task = get_task("language_model")
+    tmp = Path(tempfile.mkdtemp(prefix="pare-llm-"))
+
+    artifacts, seconds = {}, {}
+    t0 = time.perf_counter()
+    fp32_onnx = tmp / "fp32.onnx"
+    artifacts["fp32"] = export_causal_lm(copy.deepcopy(model.model).eval(), fp32_onnx)
+    seconds["fp32"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rtn, _ = stage(model, "quantize", {**INT4, "exclude": ["model.lm_head"]}, split)
+    quantize_s = time.perf_counter() - t0
+    for level in (0, 4):
+        t0 = time.perf_counter()
+        folder = tmp / f"rtn-acc{level}"
+        lm_checkpoint(copy.deepcopy(rtn), tokenizer, folder, "onnx", level)
+        artifacts[f"rtn-acc{level}"] = (folder / "model.onnx").stat().st_size
+        seconds[f"rtn-acc{level}"] = quantize_s + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ort_rtn = tmp / "ort-rtn.onnx"
+    ort_quantized(fp32_onnx, ort_rtn)
+    artifacts["ort-rtn"] = ort_rtn.stat().st_size
+    seconds["ort-rtn"] = time.perf_counter() - t0
+
+    def session(path):
+        return CausalLM(OrtCausalLM(path, spinning=False))  # timed in turns: no busy-waiting threads
+
+    variants = {  # name -> (model, runtime, tool, artifact bytes)
+        "fp32 (torch)": (model.eval(), "torch", "pare", artifacts["fp32"]),
+        "fp32": (session(fp32_onnx), "onnxruntime", "pare", artifacts["fp32"]),
+        "int4 RTN g64, accuracy 0": (session(tmp / "rtn-acc0" / "model.onnx"), "onnxruntime", "pare", None),
+        "int4 RTN g64, accuracy 4": (session(tmp / "rtn-acc4" / "model.onnx"), "onnxruntime", "pare", None),
+        "int4 RTN g64 (MatMulNBitsQuantizer)": (session(ort_rtn), "onnxruntime", "onnxruntime", None),
+    }
+    keys = ["fp32", "fp32", "rtn-acc0", "rtn-acc4", "ort-rtn"]
+    print(f"{MODEL}: {blocks} blocks{' (quick: first 2)' if args.quick else ''}, {windows} test windows")
+    base = quality(task, model, part, None)
+    times = speed(
+        {n: v[0] for n, v in variants.items()},
+        tokenizer,
+        rounds=1 if args.quick else 3,
+        new_tokens=8 if args.quick else 32,
+    )
+    rows = []
+    for (name, (m, runtime, tool, _)), key in zip(variants.items(), keys):
+        q = base if name == "fp32 (torch)" else quality(task, m, part, base["out"])
+        metrics = q["metrics"]
+        metrics["perplexity_increase"] = metrics["perplexity"] - base["metrics"]["perplexity"]
+        same_runtime = "fp32 (torch)" if runtime == "torch" else "fp32"
+        rows.append(
+            {
+                "name": name,
+                "model": MODEL,
+                "tool": tool,
+                "runtime": runtime,
+                "metrics": metrics,
+                "size_bytes": artifacts[key],
+                "size_ratio": artifacts["fp32"] / artifacts[key],
+                "prefill_ms": times[name]["prefill_ms"],
+                "decode_tokens_per_s": times[name]["decode_tokens_per_s"],
+                "decode_ratio": times[name]["decode_tokens_per_s"]
+                / times[same_runtime]["decode_tokens_per_s"],
+                "prefill_ratio": times[same_runtime]["prefill_ms"] / times[name]["prefill_ms"],
+                "tokens": q["tokens"],
+                "seconds": seconds[key],
+            }
+        )
+    by = {r["name"]: r for r in rows}
+    best = max(rows[2:4], key=lambda r: r["decode_ratio"])
+    targets = [
+        target(
+            "int4 decode speed",
+            "pare int4 decode tokens/s >= 3x fp32 in ONNX Runtime",
+            best["decode_ratio"],
+            best["decode_ratio"] >= 3,
+        ),
+        target(
+            "int4 artifact size",
+            "int4 model file >= 5x smaller than fp32",
+            by["int4 RTN g64, accuracy 0"]["size_ratio"],
+            by["int4 RTN g64, accuracy 0"]["size_ratio"] >= 5,
+        ),
+        target(
+            "pare RTN vs ONNX Runtime's RTN",
+            "pare's perplexity increase <= ONNX Runtime quantizer's + 0.05 (same scheme)",
+            by["int4 RTN g64, accuracy 0"]["metrics"]["perplexity_increase"]
+            - by["int4 RTN g64 (MatMulNBitsQuantizer)"]["metrics"]["perplexity_increase"],
+            by["int4 RTN g64, accuracy 0"]["metrics"]["perplexity_increase"]
+            <= by["int4 RTN g64 (MatMulNBitsQuantizer)"]["metrics"]["perplexity_increase"] + 0.05,
+        ),
+    ]
+    print_table(
+        rows,
+        [
+            ("variant", lambda r: r["name"]),
+            ("runtime", lambda r: r["runtime"]),
+            ("ppl", lambda r: f"{r['metrics']['perplexity']:.2f}"),
+            ("increase", lambda r: f"{r['metrics']['perplexity_increase']:+.3f}"),
+            ("KL", lambda r: f"{r['metrics'].get('kl_divergence', 0):.4f}"),
+            ("same top", lambda r: f"{100 * r['metrics'].get('same_top_token', 1):.1f} %"),
+            ("MB", lambda r: f"{r['size_bytes'] / 1e6:.1f}"),
+            ("prefill ms", lambda r: f"{r['prefill_ms']:.0f}"),
+            ("decode tok/s", lambda r: f"{r['decode_tokens_per_s']:.1f}"),
+            ("decode x", lambda r: f"{r['decode_ratio']:.2f}"),
+        ],
+    )
+    print_targets(targets)
+    print("\nnot run here:")
+    for what, why in NOT_RUN.items():
+        print(f"  {what}: {why}")
+    write(
+        "llm",
+        args,
+        rows,
+        targets,
+        not_run=NOT_RUN,
+        setup={
+            "blocks": 2 if args.quick else blocks,
+            "windows": windows,
+            "window_tokens": int(part.X.shape[1]),
+            "scored_tokens": base["tokens"],
+            "prompts": list(DEFAULT_PROMPTS),
+            "threads": torch.get_num_threads(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
