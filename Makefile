@@ -31,9 +31,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 # two workers of one thread each: most tests are too small to keep two threads busy, and the
-# benchmark smoke runs (subprocesses) then share the cores with the rest instead of following it
+# benchmark smoke runs (subprocesses) then share the cores with the rest instead of following
+# it; tests/conftest.py hands the smoke runs out first, longest first, one at a time
+# (--maxschedchunk 1), so that the workers finish together
 test: lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist load --maxschedchunk 1
 
 # full runs, one after the other (never two at once: they time on the same two cores), then
 # the README's tables from their JSON; commit the tree first, or the results record it as dirty

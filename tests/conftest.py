@@ -103,3 +103,19 @@ def digits_split():
     from pare.data import load_builtin, split_dataset
 
     return split_dataset(load_builtin("digits"), val=0.15, test=0.2, seed=0, standardize=True)
+
+
+# The benchmark smoke runs, longest first as measured on one thread (make test's workers). They
+# are handed out first, so that the two workers finish together instead of one running the
+# longest alone at the end; a new benchmark goes first until it is placed here.
+SMOKE_RUN_ORDER = ["transformers", "pruning", "quantization", "llm", "distillation", "memory"]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        if item.get_closest_marker("bench") is None:
+            return len(SMOKE_RUN_ORDER)
+        name = item.callspec.params.get("name", "") if hasattr(item, "callspec") else ""
+        return SMOKE_RUN_ORDER.index(name) if name in SMOKE_RUN_ORDER else -1
+
+    items.sort(key=rank)  # stable: every other test keeps its order
