@@ -374,7 +374,8 @@ def test_gptq_damps_a_singular_hessian_and_names_a_hopeless_one():
 
 def test_gptq_with_input_drift_aims_at_the_float_outputs():
     from pare.formats.schemes import WeightSpec
-    from pare.techniques.quantize.calibrated import InputStats, collect_paired_stats, gptq
+    from pare.techniques.quantize.calibrated import InputStats, gptq, group_stats
+    from pare.training.blockwise import model_feed
 
     torch.manual_seed(0)
     x_ref = torch.randn(4096, 32)  # what the layer sees in the float model
@@ -392,6 +393,7 @@ def test_gptq_with_input_drift_aims_at_the_float_outputs():
     assert error(aimed) < 0.15 * error(plain), (error(aimed), error(plain))  # measured 0.097 vs 1.33
     # a float model paired with its copy: no drift, so GPTQ is unchanged
     mlp = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
-    paired = collect_paired_stats(mlp, copy.deepcopy(mlp), "2", [torch.randn(32, 8), torch.randn(32, 8)])
+    feed = model_feed(mlp, ["2"], [torch.randn(32, 8), torch.randn(32, 8)], copy.deepcopy(mlp))
+    paired = group_stats(feed, {"2": mlp[2]})["2"]
     assert paired.rows == 64 and paired.drift.abs().max() == 0
     assert InputStats(8).drift is None

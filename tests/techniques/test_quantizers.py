@@ -18,18 +18,21 @@ def w():
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("granularity", ["per_tensor", "per_channel", "per_group"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_affine_error_bound_range_and_idempotence(w, symmetric, granularity, bits):
-    spec = WeightSpec(bits=bits, symmetric=symmetric, granularity=granularity, group_size=24)
+@pytest.mark.parametrize("full_range", [False, True])
+def test_affine_error_bound_range_and_idempotence(w, symmetric, granularity, bits, full_range):
+    spec = WeightSpec(
+        bits=bits, symmetric=symmetric, granularity=granularity, group_size=24, full_range=full_range
+    )
     q = quantize_weight(w, spec)
     rows = {"per_tensor": 1, "per_channel": 16, "per_group": 16 * 72 // 24}[granularity]
     scale = q.params["scale"]
     assert scale.shape == (rows,)
     # min-max ranges never clip: every value is within half a step of its code's value; an
     # asymmetric grid is shifted by up to half a step more when its zero point is rounded
-    step = scale.repeat_interleave(w.numel() // rows).reshape(w.shape)
-    bound = step / 2 if symmetric else step
+    step = scale.abs().repeat_interleave(w.numel() // rows).reshape(w.shape)
+    bound = step / 2 if symmetric and not full_range else step
     assert torch.all((q.dequantized - w).abs() <= bound + 1e-6)
-    qmin, qmax = qrange(bits, symmetric)
+    qmin, qmax = qrange(bits, symmetric, full_range)
     assert q.codes.min() >= qmin and q.codes.max() <= qmax
     # quantize-dequantize is idempotent: dequantized values are grid points of their own grid
     rows_view = q.dequantized.reshape(rows, -1)
@@ -149,3 +152,16 @@ def test_observers():
 def test_observer_rejects_nan():
     with pytest.raises(ValueError, match="non-finite"):
         Observer().update(torch.tensor([1.0, float("nan")]))
+
+
+def test_full_range_symmetric_grid_puts_the_largest_magnitude_on_the_most_negative_code(w):
+    full = quantize_weight(w, WeightSpec(bits=4, granularity="per_group", group_size=24, full_range=True))
+    balanced = quantize_weight(w, WeightSpec(bits=4, granularity="per_group", group_size=24))
+    rows, codes = w.reshape(-1, 24), full.codes.reshape(-1, 24)
+    at_max = codes.gather(1, rows.abs().argmax(1, keepdim=True))
+    assert torch.all(at_max == -8) and codes.max() <= 7
+    # the scale's sign follows the extreme: a positive largest weight gets a negative scale
+    extreme = rows.gather(1, rows.abs().argmax(1, keepdim=True)).squeeze(1)
+    assert torch.all(torch.sign(full.params["scale"]) == -torch.sign(extreme))
+    err = {k: (q.dequantized - w).pow(2).sum() for k, q in (("full", full), ("balanced", balanced))}
+    assert err["full"] < 0.9 * err["balanced"]  # 16 levels over the range, not 15

@@ -14,21 +14,16 @@ import torch.nn as nn
 from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.formats.packed import save_packed
 from pare.formats.schemes import WeightSpec, quantize_weight
-from pare.progress import console
+from pare.progress import console, progress_bar
 from pare.registry import register
 from pare.selection import layer_options, matches, replace_module, select_layers
 from pare.tasks import get_task
 from pare.techniques.quantize import graph
-from pare.techniques.quantize.calibrated import (
-    awq,
-    collect_input_stats,
-    collect_paired_stats,
-    execution_order,
-    gptq,
-)
+from pare.techniques.quantize.calibrated import awq, gptq, group_stats
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import embedding_int8, export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
+from pare.training.blockwise import layer_by_layer
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -43,7 +38,11 @@ def weight_spec(config: QuantizeConfig, overrides: dict | None = None) -> Weight
     }
     opts.update({k: v for k, v in (overrides or {}).items() if k != "skip"})
     return WeightSpec(
-        frac_bits=config.frac_bits, range_method=config.weight_range, percentile=config.percentile, **opts
+        frac_bits=config.frac_bits,
+        range_method=config.weight_range,
+        percentile=config.percentile,
+        full_range=config.packed,  # int8 graphs keep the balanced grid their kernels expect
+        **opts,
     )
 
 
@@ -284,33 +283,37 @@ def quantize_embeddings(model: nn.Module, tables: list[str], exclude: list[str])
 def _calibrate(model, specs, batches, config, reference=None) -> dict[str, dict[str, float]]:
     """GPTQ or AWQ codes pinned in each Linear layer (convolutions keep RTN), in the order the
     model runs them: each layer's calibration inputs come from the model with every earlier
-    layer already quantized (sequential GPTQ). Given the float ``reference`` model, GPTQ also
-    corrects what those layers changed in the inputs, aiming at the float outputs. Returns each
-    layer's output error on the calibration rows against the float layer's output on its float
-    inputs (relative mean square), for RTN and for the method."""
-    layers = {n: model.get_submodule(n) for n in specs if isinstance(model.get_submodule(n).base, nn.Linear)}
+    layer already quantized (sequential GPTQ), one block at a time where the model has repeated
+    blocks (pare.training.blockwise). Given the float ``reference`` model, GPTQ also corrects
+    what those layers changed in the inputs, aiming at the float outputs. Returns each layer's
+    output error on the calibration rows against the float layer's output on its float inputs
+    (relative mean square), for RTN and for the method."""
+    names = [n for n in specs if isinstance(model.get_submodule(n).base, nn.Linear)]
     errors = {}
-    for name in execution_order(model, layers, batches[0]):
-        layer, spec = layers[name], specs[name]
-        if reference is not None:
-            st = collect_paired_stats(model, reference, name, batches)
-        else:
-            st = collect_input_stats(model, {name: layer}, batches)[name]
-        w = layer.base.weight.detach()
-        if config.method == "gptq":
-            q = gptq(
-                w, st.hessian, spec, damp=config.damp, act_order=config.act_order, name=name, drift=st.drift
-            )
-        else:
-            q = awq(w, st, spec)
-        x = torch.cat(st.sample)
-        ref = torch.cat(st.sample_ref or st.sample) @ w.T
+    with progress_bar(f"  {config.method} layer by layer", len(names)) as bar:
+        for group, feed in layer_by_layer(model, names, batches, reference):
+            layers = {n: model.get_submodule(n) for n in group}
+            for name, st in group_stats(feed, layers).items():
+                errors[name] = _calibrate_layer(layers[name], specs[name], st, config, name)
+                bar.advance()
+    return errors
 
-        def err(deq, x=x, ref=ref):
-            return float((x @ deq.T - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
 
-        errors[name] = {"rtn": err(layer.quantized.dequantized), config.method: err(q.dequantized)}
-        layer.pin(q)
+def _calibrate_layer(layer, spec, st, config, name) -> dict[str, float]:
+    """Pin the method's codes in ``layer``; its output error for RTN and for the method."""
+    w = layer.base.weight.detach()
+    if config.method == "gptq":
+        q = gptq(w, st.hessian, spec, damp=config.damp, act_order=config.act_order, name=name, drift=st.drift)
+    else:
+        q = awq(w, st, spec)
+    x = torch.cat(st.sample)
+    ref = torch.cat(st.sample_ref or st.sample) @ w.T
+
+    def err(deq):
+        return float((x @ deq.T - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
+
+    errors = {"rtn": err(layer.quantized.dequantized), config.method: err(q.dequantized)}
+    layer.pin(q)
     return errors
 
 

@@ -28,6 +28,7 @@ import torch
 
 from pare.errors import PareError
 from pare.formats.schemes import QuantizedWeight, WeightSpec, qrange, quantize_weight
+from pare.training.blockwise import run_batches
 
 
 class InputStats:
@@ -76,14 +77,6 @@ def _in_features(m: torch.nn.Module) -> int:
     return m.in_features if hasattr(m, "in_features") else m.base.in_features  # a Linear or its QuantLayer
 
 
-def execution_order(model: torch.nn.Module, layers: dict[str, torch.nn.Module], batch) -> list[str]:
-    """The names of ``layers`` in the order one forward pass calls them."""
-    order: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: order.append(n)) for n, m in layers.items()]
-    _run(model, [batch], handles)
-    return list(dict.fromkeys(order))
-
-
 def collect_input_stats(
     model: torch.nn.Module, layers: dict[str, torch.nn.Module], batches
 ) -> dict[str, InputStats]:
@@ -93,44 +86,15 @@ def collect_input_stats(
         m.register_forward_pre_hook(lambda mod, args, s=stats[n]: s.update(args[0]))
         for n, m in layers.items()
     ]
-    _run(model, batches, handles)
+    run_batches(model, batches, handles)
     return stats
 
 
-def collect_paired_stats(
-    model: torch.nn.Module, reference: torch.nn.Module, name: str, batches
-) -> InputStats:
-    """The inputs of layer ``name`` in ``model`` and, batch by batch, in ``reference`` (the same
-    model before quantization), paired call by call."""
-    stats = InputStats(_in_features(model.get_submodule(name)))
-    pending: list[torch.Tensor] = []
-    handles = [
-        model.get_submodule(name).register_forward_pre_hook(lambda mod, args: pending.append(args[0])),
-        reference.get_submodule(name).register_forward_pre_hook(
-            lambda mod, args: stats.update(pending.pop(0), args[0])
-        ),
-    ]
-    _run(model, batches, handles, reference)
+def group_stats(feed, layers: dict[str, torch.nn.Module]) -> dict[str, InputStats]:
+    """The statistics of what ``feed`` (see pare.training.blockwise) gives each named layer."""
+    stats = {n: InputStats(_in_features(m)) for n, m in layers.items()}
+    feed(lambda name, *x: stats[name].update(*x))
     return stats
-
-
-def _run(model: torch.nn.Module, batches, handles, reference: torch.nn.Module | None = None) -> None:
-    """Forward ``batches`` in eval mode without gradients (through ``reference`` too, after
-    ``model``, batch by batch), then remove the hooks."""
-    models = [model] if reference is None else [model, reference]
-    was_training = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                for m in models:
-                    m(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in zip(models, was_training):
-            m.train(mode)
 
 
 def _group_params(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -180,7 +144,7 @@ def gptq(
         w = w + torch.linalg.solve(damped, drift.double() @ w.T).T
     scales, zeros, width = _group_params(w.float(), spec)
     scales, zeros = scales.double(), zeros.double()
-    qmin, qmax = qrange(spec.bits, spec.symmetric)
+    qmin, qmax = qrange(spec.bits, spec.symmetric, spec.full_range)
     dead = h.diagonal() == 0  # inputs that never fire: any value works, use zero
     h[dead, dead] = 1
     w[:, dead] = 0

@@ -1,0 +1,266 @@
+"""Layer-by-layer calibration: each layer sees the inputs of the model as changed so far, and a
+model with repeated blocks (the decoder layers of a language model) is run one block at a time.
+
+One-shot methods (GPTQ, AWQ; SparseGPT and Wanda work the same way) change layers in the
+order the model runs them, each from its inputs in the model with every earlier layer already
+changed. Re-running the whole model for every layer costs layers x model passes, which is what
+makes that order unaffordable on a 30-block LLM. Here the inputs of the blocks are captured
+once (the positional and keyword arguments of every call, per block, so masks and rotary
+tables that differ from block to block are kept); then each block runs alone on the hidden
+states the block before it produced, once per group of layers inside it and once more for its
+outputs. Layers that read the same tensor (q/k/v, gate/up) form one group, since changing one
+cannot change another's inputs, and a pass stops as soon as the group has seen its inputs. The
+model is run whole for the capture and for layers outside the blocks (an output head). The
+result equals running the whole model for every layer.
+
+``layer_by_layer`` yields ``(group, feed)`` in execution order; ``feed(observe)`` runs the
+calibration batches and calls ``observe(name, x)`` with every input of each layer of the group
+(``observe(name, x, x_ref)`` given a ``reference`` copy of the model: its unchanged inputs,
+paired call by call). Whatever the caller does to those layers before asking for the next
+group is what later layers see.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from pare.errors import UnsupportedModelError
+
+Observe = Callable[..., None]
+Feed = Callable[[Observe], None]
+
+
+class _Stop(Exception):
+    """Raised by a hook once a group has seen its inputs: the rest of the pass is not needed."""
+
+
+def layer_groups(model: nn.Module, names: list[str], batch) -> tuple[list[list[str]], set[str]]:
+    """``names`` in the order one forward pass calls them (modules not called dropped), grouped
+    where consecutive layers read the very same tensor; and the layers called more than once."""
+    calls: list[tuple[str, torch.Tensor]] = []
+    handles = [
+        model.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, args[0])))
+        for n in names
+    ]
+    run_batches(model, [batch], handles)
+    counts: dict[str, int] = {}
+    for n, _ in calls:
+        counts[n] = counts.get(n, 0) + 1
+    groups: list[list[str]] = []
+    previous = None
+    for n, x in calls:
+        if any(n in g for g in groups):
+            continue
+        if groups and x is previous and counts[n] == 1 and all(counts[m] == 1 for m in groups[-1]):
+            groups[-1].append(n)
+        else:
+            groups.append([n])
+        previous = x
+    return groups, {n for n, c in counts.items() if c > 1}
+
+
+def execution_order(model: nn.Module, names: list[str], batch) -> list[str]:
+    """``names`` in the order one forward pass first calls them."""
+    return [n for g in layer_groups(model, names, batch)[0] for n in g]
+
+
+def run_batches(model: nn.Module, batches, handles=(), reference: nn.Module | None = None) -> None:
+    """Forward ``batches`` in eval mode without gradients (through ``reference`` too, after
+    ``model``, batch by batch), then remove the hooks."""
+    _each(lambda m, b: m(b), [model] if reference is None else [model, reference], batches, handles)
+
+
+def _each(call, models, items, handles=()) -> None:
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.no_grad():
+            for item in items:
+                for i, m in enumerate(models):
+                    try:
+                        call(m, item[i] if isinstance(item, _Pair) else item)
+                    except _Stop:
+                        pass
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in zip(models, was_training):
+            m.train(mode)
+
+
+class _Pair(tuple):
+    """One item per model (the changed model's and the reference's block inputs)."""
+
+
+def _hooks(model, reference, group: list[str], observe: Observe, stop: bool) -> list:
+    """Hooks that call ``observe(name, x)``, or ``observe(name, x, x_ref)`` pairing the n-th call
+    of a layer in ``model`` with the n-th in ``reference`` (which runs after it); with ``stop``
+    each pass ends after the group's last layer has its inputs."""
+    last = group[-1]
+
+    def done(name):
+        if stop and name == last:
+            raise _Stop
+
+    def plain(mod, args, name):
+        observe(name, args[0])
+        done(name)
+
+    pending: dict[str, list[torch.Tensor]] = {n: [] for n in group}
+
+    def mine(mod, args, name):
+        pending[name].append(args[0])
+        done(name)
+
+    def theirs(mod, args, name):
+        observe(name, pending[name].pop(0), args[0])
+        done(name)
+
+    hooks = []
+    for n in group:
+        hook = plain if reference is None else mine
+        hooks.append(
+            model.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n, h=hook: h(mod, args, n))
+        )
+        if reference is not None:
+            hooks.append(
+                reference.get_submodule(n).register_forward_pre_hook(
+                    lambda mod, args, n=n: theirs(mod, args, n)
+                )
+            )
+    return hooks
+
+
+def model_feed(
+    model: nn.Module, group: list[str], batches, reference: nn.Module | None = None, stop: bool = True
+) -> Feed:
+    """The inputs of the layers of ``group`` from whole-model passes over ``batches``."""
+
+    def feed(observe: Observe) -> None:
+        run_batches(model, batches, _hooks(model, reference, group, observe, stop), reference)
+
+    return feed
+
+
+def find_blocks(model: nn.Module, order: list[str]) -> list[str] | None:
+    """The repeated blocks the layers of ``order`` run in: the children of the ModuleList or
+    Sequential (all of one class, at least two) that hold the most of those layers, provided
+    the layers outside them run all before or all after the blocks (never between them) and
+    each block's layers run together. None when there is no such container."""
+    best, best_count = None, 0
+    for cname, container in model.named_modules():
+        if not isinstance(container, nn.ModuleList | nn.Sequential) or len(container) < 2:
+            continue
+        if len({type(c) for c in container}) != 1:
+            continue
+        prefix = f"{cname}." if cname else ""
+        blocks = [f"{prefix}{i}" for i in range(len(container))]
+        count = sum(any(n.startswith(b + ".") for b in blocks) for n in order)
+        if count > best_count:
+            best, best_count = blocks, count
+    if best is None:
+        return None
+    owner = [next((i for i, b in enumerate(best) if n.startswith(b + ".")), None) for n in order]
+    inside = [i for i, o in enumerate(owner) if o is not None]
+    if any(o is None for o in owner[inside[0] : inside[-1] + 1]):
+        return None  # a layer outside the blocks runs between them
+    ranks = [owner[i] for i in inside]
+    return best if ranks == sorted(ranks) else None
+
+
+def _capture(model: nn.Module, blocks: list[str], batches) -> list[list[tuple[tuple, dict]]]:
+    """Per block, per batch: the (args, kwargs) it was called with, from one whole-model pass."""
+    calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
+    handles = [
+        model.get_submodule(b).register_forward_pre_hook(
+            lambda mod, args, kwargs, i=i: calls[i].append((args, dict(kwargs))), with_kwargs=True
+        )
+        for i, b in enumerate(blocks)
+    ]
+    run_batches(model, batches, handles)
+    for i, c in enumerate(calls):
+        if len(c) != len(batches) or not all(a for a, _ in c):
+            raise UnsupportedModelError(
+                f"block {blocks[i]!r} ran {len(c)} times for {len(batches)} batches, or without its "
+                f"hidden states as the first positional argument; layer-by-layer calibration needs "
+                f"each block called once per forward pass as block(hidden_states, ...)"
+            )
+    # later blocks take their hidden states from the block before; only the other arguments are kept
+    return [[((None, *a[1:]), k) for a, k in c] if i else c for i, c in enumerate(calls)]
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+class _BlockRun:
+    """One block run alone on its captured calls (and the reference's block on the reference's)."""
+
+    def __init__(self, model, reference, name, calls, hidden, ref_calls, ref_hidden):
+        self.block = model.get_submodule(name)
+        self.ref_block = reference.get_submodule(name) if reference is not None else None
+        self.models = [self.block] if self.ref_block is None else [self.block, self.ref_block]
+        mine = [((h, *a[1:]), k) for h, (a, k) in zip(hidden, calls)]
+        if reference is None:
+            self.items = mine
+        else:
+            theirs = [((h, *a[1:]), k) for h, (a, k) in zip(ref_hidden, ref_calls)]
+            self.items = [_Pair(p) for p in zip(mine, theirs)]
+
+    @staticmethod
+    def _call(m, item):
+        return m(*item[0], **item[1])
+
+    def feed(self, group: list[str], local: list[str], stop: bool) -> Feed:
+        """``group`` named in the whole model, ``local`` the same layers named in the block."""
+
+        def feed(observe: Observe) -> None:
+            named = dict(zip(local, group))
+            hooks = _hooks(self.block, self.ref_block, local, lambda n, *x: observe(named[n], *x), stop)
+            _each(self._call, self.models, self.items, hooks)
+
+        return feed
+
+    def outputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """The block's outputs (the next block's hidden states), and the reference block's."""
+        out: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in self.models}
+        _each(lambda m, item: out[m].append(_hidden(self._call(m, item))), self.models, self.items)
+        return out[self.block], out.get(self.ref_block) if self.ref_block is not None else None
+
+
+def layer_by_layer(
+    model: nn.Module, names: list[str], batches, reference: nn.Module | None = None
+) -> Iterator[tuple[list[str], Feed]]:
+    """Yield ``(group, feed)`` for the layers ``names`` in execution order; see the module doc."""
+    groups, repeated = layer_groups(model, names, batches[0])
+    order = [n for g in groups for n in g]
+    stop = not repeated  # a layer called twice per pass needs the whole pass
+    blocks = find_blocks(model, order)
+    if blocks is None:
+        for group in groups:
+            yield group, model_feed(model, group, batches, reference, stop)
+        return
+    owner = {n: next((b for b in blocks if n.startswith(b + ".")), None) for n in order}
+    groups = [list(part) for g in groups for _, part in itertools.groupby(g, key=owner.get)]
+    inside = [g for g in groups if owner[g[0]] is not None]
+    first = groups.index(inside[0])
+    for group in groups[:first]:  # before the blocks: changing them changes the blocks' inputs
+        yield group, model_feed(model, group, batches, reference, stop)
+    calls = _capture(model, blocks, batches)
+    ref_calls = _capture(reference, blocks, batches) if reference is not None else None
+    hidden = [a[0] for a, _ in calls[0]]
+    ref_hidden = [a[0] for a, _ in ref_calls[0]] if ref_calls is not None else None
+    for i, block_name in enumerate(blocks):
+        run = _BlockRun(
+            model, reference, block_name, calls[i], hidden, ref_calls and ref_calls[i], ref_hidden
+        )
+        for group in [g for g in inside if owner[g[0]] == block_name]:
+            yield group, run.feed(group, [n[len(block_name) + 1 :] for n in group], stop)
+        hidden, ref_hidden = run.outputs()
+    for group in groups[first + len(inside) :]:
+        yield group, model_feed(model, group, batches, reference, stop)
