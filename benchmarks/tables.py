@@ -295,10 +295,17 @@ def llm(r: dict) -> str:
                 f"{row['size_ratio']:.2f}×",
                 f"{row['prefill_ms']:.0f}",
                 f"{row['decode_tokens_per_s']:.1f} ({row['decode_ratio']:.2f}×)",
+                f"{row['seconds']:.0f}",
             ]
         )
     header = ["variant", "tool", "runtime", "perplexity [95 % CI]", "increase [95 % CI]", "KL", "same top"]
-    header += ["file", "smaller", "prefill ms", "decode tokens/s (× fp32, same runtime)"]
+    header += [
+        "file",
+        "smaller",
+        "prefill ms",
+        "decode tokens/s (× fp32, same runtime)",
+        "quantize + export s",
+    ]
     not_run = "\n".join(f"- {what}: {why}" for what, why in r.get("not_run", {}).items())
     return (
         md_table(header, rows)

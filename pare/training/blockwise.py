@@ -173,12 +173,20 @@ def find_blocks(model: nn.Module, order: list[str]) -> list[str] | None:
     return best if ranks == sorted(ranks) else None
 
 
-def _capture(model: nn.Module, blocks: list[str], batches) -> list[list[tuple[tuple, dict]]]:
-    """Per block, per batch: the (args, kwargs) it was called with, from one whole-model pass."""
+def _capture(model: nn.Module, blocks: list[str], batches, stop: bool) -> list[list[tuple[tuple, dict]]]:
+    """Per block, per batch: the (args, kwargs) it was called with, from one whole-model pass
+    (with ``stop``, ended once the last block has its arguments: an LLM's output head, a fifth
+    of SmolLM2's forward, need not run)."""
     calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
+
+    def record(i, args, kwargs):
+        calls[i].append((args, dict(kwargs)))
+        if stop and i == len(blocks) - 1:
+            raise _Stop
+
     handles = [
         model.get_submodule(b).register_forward_pre_hook(
-            lambda mod, args, kwargs, i=i: calls[i].append((args, dict(kwargs))), with_kwargs=True
+            lambda mod, args, kwargs, i=i: record(i, args, kwargs), with_kwargs=True
         )
         for i, b in enumerate(blocks)
     ]
@@ -230,14 +238,15 @@ class _BlockRun:
         """The block's outputs (the next block's hidden states), and the reference block's."""
         out: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in self.models}
         _each(lambda m, item: out[m].append(_hidden(self._call(m, item))), self.models, self.items)
-        return out[self.block], out.get(self.ref_block) if self.ref_block is not None else None
+        return out[self.block], out.get(self.ref_block)
 
 
 def layer_by_layer(
     model: nn.Module, names: list[str], batches, reference: nn.Module | None = None
 ) -> Iterator[tuple[list[str], Feed]]:
     """Yield ``(group, feed)`` for the layers ``names`` in execution order; see the module doc."""
-    groups, repeated = layer_groups(model, names, batches[0])
+    probe = batches[0][:1] if isinstance(batches[0], torch.Tensor) else batches[0]  # one row shows the order
+    groups, repeated = layer_groups(model, names, probe)
     order = [n for g in groups for n in g]
     stop = not repeated  # a layer called twice per pass needs the whole pass
     blocks = find_blocks(model, order)
@@ -251,8 +260,8 @@ def layer_by_layer(
     first = groups.index(inside[0])
     for group in groups[:first]:  # before the blocks: changing them changes the blocks' inputs
         yield group, model_feed(model, group, batches, reference, stop)
-    calls = _capture(model, blocks, batches)
-    ref_calls = _capture(reference, blocks, batches) if reference is not None else None
+    calls = _capture(model, blocks, batches, stop)
+    ref_calls = _capture(reference, blocks, batches, stop) if reference is not None else None
     hidden = [a[0] for a, _ in calls[0]]
     ref_hidden = [a[0] for a, _ in ref_calls[0]] if ref_calls is not None else None
     for i, block_name in enumerate(blocks):

@@ -132,3 +132,28 @@ def test_layers_between_blocks_fall_back_to_whole_model_passes():
     names = ["blocks.0.0", "middle", "blocks.1.0"]
     assert find_blocks(model, names) is None
     assert [g for g, _ in layer_by_layer(model, names, [torch.randn(2, 4)])] == [[n] for n in names]
+
+
+def test_layers_of_one_group_share_the_products_of_their_input(monkeypatch):
+    from pare.techniques.quantize import calibrated
+
+    model = llama()
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    computed = []
+    real = calibrated.products
+    monkeypatch.setattr(calibrated, "products", lambda *x: computed.append(1) or real(*x))
+    group, feed = next(layer_by_layer(model, names, batches(), copy.deepcopy(model)))
+    stats = group_stats(feed, {n: model.get_submodule(n) for n in group})
+    assert len(group) == 3 and len(computed) == len(batches())  # q, k, v: once per batch
+    q, k, v = stats.values()
+    assert q is not k and torch.equal(q.xtx, k.xtx) and torch.equal(q.drift, v.drift) and q.rows == v.rows
+    alone = calibrated.InputStats(32)
+    for x in model_feed_inputs(model, group[1]):
+        alone.update(x)
+    torch.testing.assert_close(alone.hessian, k.hessian)
+
+
+def model_feed_inputs(model, name):
+    seen = []
+    model_feed(model, [name], batches())(lambda n, x: seen.append(x))
+    return seen

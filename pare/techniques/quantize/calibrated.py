@@ -28,7 +28,7 @@ import torch
 
 from pare.errors import PareError
 from pare.formats.schemes import QuantizedWeight, WeightSpec, qrange, quantize_weight
-from pare.training.blockwise import run_batches
+from pare.training.blockwise import model_feed
 
 
 class InputStats:
@@ -45,19 +45,20 @@ class InputStats:
         self.keep_rows = keep_rows
 
     def update(self, x: torch.Tensor, x_ref: torch.Tensor | None = None) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double()
-        self.xtx += x.T @ x
-        self.abs_sum += x.abs().sum(0)
-        self.rows += len(x)
+        self.add(products(x, x_ref))
+
+    def add(self, p: dict) -> None:
+        """Add one batch's ``products`` (shareable between layers that read the same tensor)."""
+        self.xtx += p["xtx"]
+        self.abs_sum += p["abs_sum"]
+        self.rows += len(p["x"])
         kept = sum(len(s) for s in self.sample)
-        if x_ref is not None:
-            x_ref = x_ref.detach().reshape(-1, x.shape[-1]).double()
-            cross = x.T @ (x_ref - x)
-            self.cross = cross if self.cross is None else self.cross + cross
+        if "cross" in p:
+            self.cross = p["cross"] if self.cross is None else self.cross + p["cross"]
             if kept < self.keep_rows:
-                self.sample_ref.append(x_ref[: self.keep_rows - kept].float())
+                self.sample_ref.append(p["x_ref"][: self.keep_rows - kept])
         if kept < self.keep_rows:
-            self.sample.append(x[: self.keep_rows - kept].float())
+            self.sample.append(p["x"][: self.keep_rows - kept])
 
     @property
     def hessian(self) -> torch.Tensor:
@@ -73,6 +74,17 @@ class InputStats:
         return (self.abs_sum / max(self.rows, 1)).float()
 
 
+def products(x: torch.Tensor, x_ref: torch.Tensor | None = None) -> dict:
+    """One batch's X^T X, sum |x| (and X^T (X_ref - X)): float32 products (four times float64's
+    speed on CPU, and each batch's sum is short), float64 sums across batches."""
+    x = x.detach().reshape(-1, x.shape[-1]).float()
+    p = {"x": x, "xtx": (x.T @ x).double(), "abs_sum": x.abs().sum(0).double()}
+    if x_ref is not None:
+        p["x_ref"] = x_ref.detach().reshape(-1, x.shape[-1]).float()
+        p["cross"] = (x.T @ (p["x_ref"] - x)).double()
+    return p
+
+
 def _in_features(m: torch.nn.Module) -> int:
     return m.in_features if hasattr(m, "in_features") else m.base.in_features  # a Linear or its QuantLayer
 
@@ -81,19 +93,22 @@ def collect_input_stats(
     model: torch.nn.Module, layers: dict[str, torch.nn.Module], batches
 ) -> dict[str, InputStats]:
     """Run ``batches`` through ``model`` and record the inputs of each named layer."""
-    stats = {n: InputStats(_in_features(m)) for n, m in layers.items()}
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args, s=stats[n]: s.update(args[0]))
-        for n, m in layers.items()
-    ]
-    run_batches(model, batches, handles)
-    return stats
+    return group_stats(model_feed(model, list(layers), batches, stop=False), layers)
 
 
 def group_stats(feed, layers: dict[str, torch.nn.Module]) -> dict[str, InputStats]:
-    """The statistics of what ``feed`` (see pare.training.blockwise) gives each named layer."""
+    """The statistics of what ``feed`` (see pare.training.blockwise) gives each named layer.
+    Layers called on the very tensors the layer before was (q/k/v, gate/up) reuse its
+    products: X^T X is most of the cost."""
     stats = {n: InputStats(_in_features(m)) for n, m in layers.items()}
-    feed(lambda name, *x: stats[name].update(*x))
+    last: list = [None, None, None]  # the previous call's inputs and their products
+
+    def observe(name, x, x_ref=None):
+        if not (x is last[0] and x_ref is last[1]):
+            last[:] = [x, x_ref, products(x, x_ref)]
+        stats[name].add(last[2])
+
+    feed(observe)
     return stats
 
 
@@ -154,18 +169,21 @@ def gptq(
     col_scale = scales[:, perm // width]  # each column keeps its original group's scale
     col_zero = zeros[:, perm // width]
     hinv = _inverse_hessian_factor(h, damp, name)
-    codes = torch.zeros_like(w)
+    # the loop walks input columns: held as rows (W^T) they are contiguous, 2.4x faster on CPU
+    wt, col_scale, col_zero = w.T.contiguous(), col_scale.T.contiguous(), col_zero.T.contiguous()
+    codes = torch.empty_like(wt)
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
-        w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros_like(w[:, i1:i2]), hinv[i1:i2, i1:i2]
+        w1, err1, hinv1 = wt[i1:i2], torch.empty_like(wt[i1:i2]), hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col, s, z = w1[:, i], col_scale[:, i1 + i], col_zero[:, i1 + i]
-            q = torch.clamp(torch.round(col / s) + z, qmin, qmax)
-            codes[:, i1 + i] = q
-            err = (col - (q - z) * s) / hinv1[i, i]
-            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
-            err1[:, i] = err
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+            col, s, z = w1[i], col_scale[i1 + i], col_zero[i1 + i]
+            q = (col / s).round_().add_(z).clamp_(qmin, qmax)
+            codes[i1 + i] = q
+            err = (col - (q - z) * s).div_(hinv1[i, i])
+            w1[i:].sub_(hinv1[i, i:, None] * err[None, :])  # spread the error over later columns
+            err1[i] = err
+        wt[i2:] -= hinv[i1:i2, i2:].T @ err1
+    codes = codes.T
     inverse = torch.argsort(perm)
     codes = codes[:, inverse]
     expand = lambda t: t.repeat_interleave(width, dim=1)  # noqa: E731
