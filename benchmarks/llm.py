@@ -13,7 +13,10 @@ Rows: fp32 in torch and in ONNX Runtime; pare's RTN 4-bit (symmetric, group 64; 
 float) as MatMulNBits at accuracy level 0 (float32 compute) and 4 (int8 compute); ONNX Runtime's
 ``MatMulNBitsQuantizer`` (RTN, the same scheme, the head left out) on pare's fp32 graph; pare's
 GPTQ at 4 bits and RTN and GPTQ at 3 bits (same scheme; 3-bit codes ship in 4-bit containers,
-so they are as big and as fast as 4-bit: the rows compare quality). GPTQ calibrates layer by
+so they are as big and as fast as 4-bit: the rows compare quality); RTN 4-bit with the tied head
+quantized too, at 4 or 8 bits, and the token table following it (GatherBlockQuantized on the
+head's codes: the 49,152 x 576 matrix, a fifth of the weights, is in the file once, in 4 or 8
+bits; SmolLM2's GGUF stores it at 8 bits). GPTQ calibrates layer by
 layer on 64 training windows (16k tokens) with ``input_drift`` off: the float reference model it
 needs runs beside every block and doubles the calibration time. Group 64: the 576 hidden inputs
 are 4.5 groups of 128. What is not here yet, and why, is printed and kept in the JSON
@@ -46,6 +49,7 @@ from pare.recipes import load_recipe  # noqa: E402
 from pare.recipes.checkpoint import lm_checkpoint  # noqa: E402
 from pare.recipes.pipeline import recipe_model, recipe_splits  # noqa: E402
 from pare.tasks import get_task  # noqa: E402
+from pare.techniques.quantize.tied import follow_quantized_heads  # noqa: E402
 
 MODEL = "SmolLM2-135M"
 INT4 = {
@@ -153,11 +157,15 @@ def main() -> None:
         "rtn": (INT4, (0, 4)),
         "gptq": ({**INT4, **GPTQ, "calibration_samples": calibration}, (0,)),
         "rtn3": ({**INT4, "bits": 3}, (0,)),
+        "tied4": ({**INT4, "exclude": []}, (0, 4)),
+        "tied8": ({**INT4, "exclude": [], "overrides": {"model.lm_head": {"bits": 8}}}, (4,)),
         "gptq3": ({**INT4, **GPTQ, "bits": 3, "calibration_samples": calibration}, (0,)),
     }
     for key, (config, levels) in quantized.items():
         t0 = time.perf_counter()
         q, _ = stage(model, "quantize", config, split)
+        if key.startswith("tied"):
+            assert follow_quantized_heads(q) == ["model.model.embed_tokens"]
         quantize_s = time.perf_counter() - t0
         for level in levels:
             t0 = time.perf_counter()
@@ -187,6 +195,24 @@ def main() -> None:
         "int4 GPTQ g64, accuracy 0": (pare_graph("gptq-acc0"), "onnxruntime", "pare", "gptq-acc0"),
         "int3 RTN g64, accuracy 0": (pare_graph("rtn3-acc0"), "onnxruntime", "pare", "rtn3-acc0"),
         "int3 GPTQ g64, accuracy 0": (pare_graph("gptq3-acc0"), "onnxruntime", "pare", "gptq3-acc0"),
+        "int4 RTN g64 + int4 tied head, accuracy 0": (
+            pare_graph("tied4-acc0"),
+            "onnxruntime",
+            "pare",
+            "tied4-acc0",
+        ),
+        "int4 RTN g64 + int4 tied head, accuracy 4": (
+            pare_graph("tied4-acc4"),
+            "onnxruntime",
+            "pare",
+            "tied4-acc4",
+        ),
+        "int4 RTN g64 + int8 tied head, accuracy 4": (
+            pare_graph("tied8-acc4"),
+            "onnxruntime",
+            "pare",
+            "tied8-acc4",
+        ),
     }
     print(f"{MODEL}: {blocks} blocks{' (quick: first 2)' if args.quick else ''}, {windows} test windows")
     base = quality(task, model, part, None)
@@ -225,19 +251,21 @@ def main() -> None:
     def increase(name):
         return by[name]["metrics"]["perplexity_increase"]
 
-    best = max(rows[2:4], key=lambda r: r["decode_ratio"])
+    int4 = [r for r in rows if r["tool"] == "pare" and r["name"].startswith("int4")]
+    fastest = max(int4, key=lambda r: r["decode_ratio"])
+    smallest = max(int4, key=lambda r: r["size_ratio"])
     targets = [
         target(
             "int4 decode speed",
-            "pare int4 decode tokens/s >= 3x fp32 in ONNX Runtime",
-            best["decode_ratio"],
-            best["decode_ratio"] >= 3,
+            f"pare int4 decode tokens/s >= 3x fp32 in ONNX Runtime (best: {fastest['name']})",
+            fastest["decode_ratio"],
+            fastest["decode_ratio"] >= 3,
         ),
         target(
             "int4 artifact size",
-            "int4 model file >= 5x smaller than fp32",
-            by["int4 RTN g64, accuracy 0"]["size_ratio"],
-            by["int4 RTN g64, accuracy 0"]["size_ratio"] >= 5,
+            f"int4 model file >= 5x smaller than fp32 (best: {smallest['name']})",
+            smallest["size_ratio"],
+            smallest["size_ratio"] >= 5,
         ),
         target(
             "GPTQ vs RTN, 4-bit",

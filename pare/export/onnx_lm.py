@@ -11,6 +11,9 @@ blocks of 32 or more), so ONNX Runtime multiplies by the 4-bit (or 8-bit) weight
 float copy of them is in the file. ONNX Runtime's CPU kernel takes 2, 4 and 8 bits; other widths
 go into the next container (3-bit codes as 4-bit ones: exact, but as big as 4 bits).
 ``accuracy_level`` 0 computes in float32, 4 quantizes the inputs to int8 per block (faster).
+A token table that holds a quantized layer's dequantized weight (a tied table that follows its
+quantized head, ``pare.techniques.quantize.tied``) becomes ``com.microsoft.GatherBlockQuantized``
+reading that layer's MatMulNBits codes and scales: the file holds the matrix once, in 4 or 8 bits.
 
 The float graph is exported first (torch.export through the dynamo exporter) and the MatMul of
 each quantized layer is found by its weight: the exporter folds the transposed weight into a
@@ -19,6 +22,7 @@ nameless constant, which equals the layer's dequantized weight bit for bit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tempfile
 from pathlib import Path
@@ -159,6 +163,8 @@ def matmul_nbits_tensors(q: QuantizedWeight, spec: WeightSpec, shape, name: str)
         padded = np.zeros((n, -(-blocks // per_byte) * per_byte), dtype=np.int64)
         padded[:, :blocks] = zero
         tensors["zero_points"] = _pack_low_first(padded, bits).reshape(-1)
+        # GatherBlockQuantized reads one zero point per byte (its blocks lie along a last axis of 1)
+        tensors["gather_zero_points"] = zero.astype(np.uint8).reshape(n, blocks, 1)
     return {"tensors": tensors, "attrs": {"K": k, "N": n, "bits": bits, "block_size": block}}
 
 
@@ -166,17 +172,79 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
 
+def _gather_quantized(node, prefix: str, nbits: dict, constant) -> list:
+    """GatherBlockQuantized on the MatMulNBits codes (N, blocks, bytes per block) of the layer
+    ``prefix``: rows of (blocks, block) dequantized, reshaped to rows of K."""
+    from onnx import helper
+
+    attrs = nbits["attrs"]
+    n, blocks = attrs["N"], attrs["K"] // attrs["block_size"]
+    out = node.output[0]
+    inputs = [constant("B"), node.input[1], f"{out}.scales"]
+    if "gather_zero_points" in nbits["tensors"]:
+        inputs.append(constant("gather_zero_points"))
+    return [
+        helper.make_node(
+            "Reshape",
+            [constant("scales"), constant("gather_scale_shape", np.array([n, blocks, 1]))],
+            [inputs[2]],
+        ),
+        helper.make_node(
+            "GatherBlockQuantized",
+            inputs,
+            [f"{out}.blocks"],
+            name=f"{prefix}.GatherBlockQuantized",
+            domain="com.microsoft",
+            gather_axis=0,
+            quantize_axis=2,
+            block_size=attrs["block_size"],
+            bits=attrs["bits"],
+        ),
+        helper.make_node("Shape", [node.input[1]], [f"{out}.ids_shape"]),
+        helper.make_node(
+            "Concat",
+            [f"{out}.ids_shape", constant("row_width", np.array([attrs["K"]]))],
+            [f"{out}.shape"],
+            axis=0,
+        ),
+        helper.make_node("Reshape", [f"{out}.blocks", f"{out}.shape"], [out]),
+    ]
+
+
 def _use_matmul_nbits(graph, lm: nn.Module, quantized: dict, accuracy_level: int) -> None:
-    """Replace the MatMul of every quantized layer with MatMulNBits on its codes, in place."""
+    """Replace the MatMul of every quantized layer with MatMulNBits on its codes, and the Gather
+    of a token table holding such a layer's weight with GatherBlockQuantized on the same codes,
+    in place."""
     from onnx import helper, numpy_helper
 
-    wanted = {}
+    wanted, tables = {}, {}
     for name, (q, spec) in quantized.items():
         w = lm.get_parameter(name).detach()
-        wanted[_digest(w.T.numpy())] = (name, matmul_nbits_tensors(q, spec, tuple(w.shape), name))
+        nbits = matmul_nbits_tensors(q, spec, tuple(w.shape), name)
+        wanted[_digest(w.T.numpy())] = tables[_digest(w.numpy())] = (name, nbits)
     inits = {i.name: i for i in graph.initializer}
+    added: set[str] = set()
+
+    def constant(prefix: str, nbits: dict, part: str, value=None) -> str:
+        """The initializer ``{prefix}.{part}``, added once however many nodes read it."""
+        if f"{prefix}.{part}" not in added:
+            array = nbits["tensors"][part] if value is None else value.astype(np.int64)
+            graph.initializer.append(numpy_helper.from_array(array, f"{prefix}.{part}"))
+            added.add(f"{prefix}.{part}")
+        return f"{prefix}.{part}"
+
     found, nodes, replaced = set(), [], set()
     for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is not None and axis == 0 and len(table.dims) == 2:
+            hit = tables.get(_digest(numpy_helper.to_array(table)))
+            if hit is not None:
+                name, nbits = hit
+                prefix = name.removesuffix(".weight")
+                replaced.add(node.input[0])
+                nodes += _gather_quantized(node, prefix, nbits, functools.partial(constant, prefix, nbits))
+                continue
         weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         key = _digest(numpy_helper.to_array(weight)) if weight is not None and len(weight.dims) == 2 else None
         if key not in wanted:
@@ -187,10 +255,9 @@ def _use_matmul_nbits(graph, lm: nn.Module, quantized: dict, accuracy_level: int
         replaced.add(node.input[1])
         prefix = name.removesuffix(".weight")
         inputs = [node.input[0]]
-        for part in ("B", "scales", "zero_points"):
-            if part in nbits["tensors"]:
-                graph.initializer.append(numpy_helper.from_array(nbits["tensors"][part], f"{prefix}.{part}"))
-                inputs.append(f"{prefix}.{part}")
+        inputs += [
+            constant(prefix, nbits, p) for p in ("B", "scales", "zero_points") if p in nbits["tensors"]
+        ]
         nodes.append(
             helper.make_node(
                 "MatMulNBits",
