@@ -21,11 +21,12 @@ def minilm(tokenizer):
     return TextEncoder(load_hf(MINILM, tokenizer=tokenizer), tokenizer.pad_token_id).eval()
 
 
-def tiny_causal_lm(folder, arch: str = "llama", vocab: int = 384, context: int = 256):
+def tiny_causal_lm(folder, arch: str = "llama", vocab: int = 384, context: int = 256, **config):
     """A causal LM of ``arch`` built from a config (random weights, seeded) with a byte-level BPE
     tokenizer learnt on the fly from a few pydoc topics, saved as a Hugging Face folder. Its
     embedding has 8 rows more than the tokenizer's vocabulary, as real models' often have (and
-    room for the special token a Qwen2 tokenizer adds)."""
+    room for the special token a Qwen2 tokenizer adds). ``config``: more config fields, e.g.
+    ``tie_word_embeddings=True``."""
     import torch
     from transformers import (
         GPT2Config,
@@ -42,7 +43,7 @@ def tiny_causal_lm(folder, arch: str = "llama", vocab: int = 384, context: int =
     tok = train_tokenizer(list(pydoc_topics().values())[:12], vocab)
     PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
     torch.manual_seed(0)
-    shared = {"vocab_size": vocab + 8}
+    shared = {"vocab_size": vocab + 8, **config}
     if arch == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=context, **shared))
     else:

@@ -119,33 +119,20 @@ def _initializer_bytes(path) -> int:
     return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(path)).graph.initializer)
 
 
-def _tied_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    lm = LlamaForCausalLM(config).eval()
-    assert lm.lm_head.weight is lm.model.embed_tokens.weight
-    return lm
-
-
 @pytest.mark.parametrize(("bits", "symmetric"), [(4, True), (8, False)])
 def test_a_tied_table_gathers_its_rows_from_the_head_codes(tmp_path, bits, symmetric):
-    from pare.export.onnx_lm import export_causal_lm
+    from transformers import LlamaForCausalLM
+
+    from pare.recipes.checkpoint import lm_checkpoint
     from pare.techniques.quantize.apply import quant_layers, wrap_layers
-    from pare.techniques.quantize.layers import merge_all
     from pare.techniques.quantize.tied import follow_quantized_heads
 
-    lm = _tied_llama()
-    export_causal_lm(_tied_llama(), tmp_path / "fp32.onnx")
+    folder = tiny_causal_lm(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    tok = load_tokenizer(folder)
+    lm = LlamaForCausalLM.from_pretrained(folder).eval()
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    table = list(lm.model.embed_tokens.weight.shape)
+    lm_checkpoint(CausalLM(LlamaForCausalLM.from_pretrained(folder).eval()), tok, tmp_path / "fp32", "onnx")
     spec = WeightSpec(bits=bits, symmetric=symmetric, granularity="per_group", group_size=16, full_range=True)
     names = [n for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear)]
     wrap_layers(lm, dict.fromkeys(names, spec))
@@ -154,19 +141,20 @@ def test_a_tied_table_gathers_its_rows_from_the_head_codes(tmp_path, bits, symme
     head = quant_layers(lm)["lm_head"]
     assert torch.equal(head.quantized.codes, codes_before)  # pinned: rounding again changes nothing
     assert torch.equal(lm.model.embed_tokens.weight, head.weight_q)
-    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, table[0], (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = lm(ids).logits
-    quantized = {f"{n}.weight": (m.quantized, m.spec) for n, m in quant_layers(lm).items()}
-    export_causal_lm(merge_all(lm), tmp_path / "q.onnx", quantized)
-    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    lm_checkpoint(CausalLM(lm), tok, tmp_path / "q", "onnx")  # the path `pare checkpoint` takes
+    graph = onnx.load(str(tmp_path / "q" / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("GatherBlockQuantized") == 1 and "Gather" not in ops
     assert ops.count("MatMulNBits") == len(names)
-    # the 256 x 64 matrix is in the file once, as codes: no float table left
-    assert not [i.name for i in graph.initializer if list(i.dims) == [256, 64]]
+    # the vocabulary x hidden matrix is in the file once, as codes: no float table left
+    assert not [i.name for i in graph.initializer if list(i.dims) == table]
     # weights only: at this size the graph itself (nodes, shapes) is most of the file
-    weights = _initializer_bytes(tmp_path / "q.onnx") / _initializer_bytes(tmp_path / "fp32.onnx")
+    weights = _initializer_bytes(tmp_path / "q" / "model.onnx") / _initializer_bytes(
+        tmp_path / "fp32" / "model.onnx"
+    )
     assert weights < (0.3 if bits == 4 else 0.45)
-    got = OrtCausalLM(tmp_path / "q.onnx")(ids).logits
+    got = OrtCausalLM(tmp_path / "q" / "model.onnx")(ids).logits
     assert (got - want).abs().max() < 1e-4
