@@ -239,12 +239,13 @@ def _search_args(p) -> None:
 
 
 def _cmd_search(args, kind: str) -> None:
+    from pare.config import parse_size
     from pare.recipes import load_recipe
-    from pare.search.driver import Limits, auto, nas, parse_size
+    from pare.search.driver import Limits, auto, nas
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out or Path("runs") / f"{recipe.name}-{kind}")
-    limits = Limits(args.max_drop, parse_size(args.max_size), args.max_latency_ms)
+    limits = Limits(args.max_drop, parse_size(args.max_size, "--max-size"), args.max_latency_ms)
     common = dict(
         limits=limits,
         trials=args.trials,

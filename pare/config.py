@@ -200,3 +200,22 @@ def _name(tp: Any) -> str:
     return {int: "a whole number", float: "a number", str: "a string", bool: "true/false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
+
+
+def parse_size(text: str | int | None, key: str = "size") -> int | None:
+    """``100KB``, ``1.5MB``, ``2GB``, ``2048`` -> bytes (KB = 1024 bytes); ``key`` names the option
+    in the error."""
+    if text is None or isinstance(text, int):
+        return text
+    units = {"GB": 2**30, "MB": 2**20, "KB": 2**10, "B": 1}
+    t = str(text).strip().upper().replace("IB", "B")
+    for unit, scale in units.items():
+        if t.endswith(unit):
+            try:
+                return int(float(t[: -len(unit)]) * scale)
+            except ValueError:
+                break
+    try:
+        return int(t)
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not a size; write e.g. 100KB, 1.5MB, 2GB or 2048") from None

@@ -52,24 +52,6 @@ class Limits:
 NAS_OBJECTIVES = ("quality", "latency_ms", "size_bytes", "flops")
 
 
-def parse_size(text: str | int | None) -> int | None:
-    """``100KB``, ``1.5MB``, ``2048`` -> bytes (KB = 1024 bytes)."""
-    if text is None or isinstance(text, int):
-        return text
-    units = {"GB": 2**30, "MB": 2**20, "KB": 2**10, "B": 1}
-    t = str(text).strip().upper()
-    for unit, scale in units.items():
-        if t.endswith(unit):
-            try:
-                return int(float(t[: -len(unit)]) * scale)
-            except ValueError:
-                break
-    try:
-        return int(t)
-    except ValueError:
-        raise ConfigError(f"--max-size: {text!r} is not a size; write e.g. 100KB, 1.5MB or 2048") from None
-
-
 def auto(
     recipe: Recipe,
     out: Path,

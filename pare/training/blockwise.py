@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from pare.errors import UnsupportedModelError
+from pare.training.offload import Activations, DiskBlocks
 
 Observe = Callable[..., None]
 Feed = Callable[[Observe], None]
@@ -38,7 +41,7 @@ class _Stop(Exception):
     """Raised by a hook once a group has seen its inputs: the rest of the pass is not needed."""
 
 
-def layer_groups(model: nn.Module, names: list[str], batch) -> tuple[list[list[str]], set[str]]:
+def layer_groups(model: nn.Module, names: list[str], batch, streaming=()) -> tuple[list[list[str]], set[str]]:
     """``names`` in the order one forward pass calls them (modules not called dropped), grouped
     where consecutive layers read the very same tensor; and the layers called more than once."""
     calls: list[tuple[str, torch.Tensor]] = []
@@ -46,7 +49,7 @@ def layer_groups(model: nn.Module, names: list[str], batch) -> tuple[list[list[s
         model.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, args[0])))
         for n in names
     ]
-    run_batches(model, [batch], handles)
+    run_batches(model, [batch], [*handles, *streaming])
     counts: dict[str, int] = {}
     for n, _ in calls:
         counts[n] = counts.get(n, 0) + 1
@@ -137,12 +140,19 @@ def _hooks(model, reference, group: list[str], observe: Observe, stop: bool) -> 
 
 
 def model_feed(
-    model: nn.Module, group: list[str], batches, reference: nn.Module | None = None, stop: bool = True
+    model: nn.Module,
+    group: list[str],
+    batches,
+    reference: nn.Module | None = None,
+    stop: bool = True,
+    streaming: Callable[[], list] = list,
 ) -> Feed:
-    """The inputs of the layers of ``group`` from whole-model passes over ``batches``."""
+    """The inputs of the layers of ``group`` from whole-model passes over ``batches``
+    (``streaming``: hooks that bring blocks from disk as they run)."""
 
     def feed(observe: Observe) -> None:
-        run_batches(model, batches, _hooks(model, reference, group, observe, stop), reference)
+        hooks = _hooks(model, reference, group, observe, stop)
+        run_batches(model, batches, [*hooks, *streaming()], reference)
 
     return feed
 
@@ -173,14 +183,18 @@ def find_blocks(model: nn.Module, order: list[str]) -> list[str] | None:
     return best if ranks == sorted(ranks) else None
 
 
-def _capture(model: nn.Module, blocks: list[str], batches, stop: bool) -> list[list[tuple[tuple, dict]]]:
+def _capture(model: nn.Module, blocks: list[str], batches, stop: bool, streaming=()) -> tuple[list, list]:
     """Per block, per batch: the (args, kwargs) it was called with, from one whole-model pass
     (with ``stop``, ended once the last block has its arguments: an LLM's output head, a fifth
-    of SmolLM2's forward, need not run)."""
+    of SmolLM2's forward, need not run), the hidden states (the first argument) left out; and
+    the first block's hidden states per batch (later blocks take theirs from the block before)."""
     calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
+    first: list[torch.Tensor] = []
 
     def record(i, args, kwargs):
-        calls[i].append((args, dict(kwargs)))
+        if i == 0 and args:
+            first.append(args[0])
+        calls[i].append(((None, *args[1:]) if args else args, dict(kwargs)))
         if stop and i == len(blocks) - 1:
             raise _Stop
 
@@ -190,7 +204,7 @@ def _capture(model: nn.Module, blocks: list[str], batches, stop: bool) -> list[l
         )
         for i, b in enumerate(blocks)
     ]
-    run_batches(model, batches, handles)
+    run_batches(model, batches, [*handles, *streaming])
     for i, c in enumerate(calls):
         if len(c) != len(batches) or not all(a for a, _ in c):
             raise UnsupportedModelError(
@@ -198,8 +212,7 @@ def _capture(model: nn.Module, blocks: list[str], batches, stop: bool) -> list[l
                 f"hidden states as the first positional argument; layer-by-layer calibration needs "
                 f"each block called once per forward pass as block(hidden_states, ...)"
             )
-    # later blocks take their hidden states from the block before; only the other arguments are kept
-    return [[((None, *a[1:]), k) for a, k in c] if i else c for i, c in enumerate(calls)]
+    return calls, first
 
 
 def _hidden(out):
@@ -207,18 +220,24 @@ def _hidden(out):
 
 
 class _BlockRun:
-    """One block run alone on its captured calls (and the reference's block on the reference's)."""
+    """One block run alone on its captured calls (and the reference's block on the reference's),
+    batch by batch: the hidden states may be read back from disk (``Activations``)."""
 
     def __init__(self, model, reference, name, calls, hidden, ref_calls, ref_hidden):
         self.block = model.get_submodule(name)
         self.ref_block = reference.get_submodule(name) if reference is not None else None
         self.models = [self.block] if self.ref_block is None else [self.block, self.ref_block]
-        mine = [((h, *a[1:]), k) for h, (a, k) in zip(hidden, calls)]
-        if reference is None:
-            self.items = mine
-        else:
-            theirs = [((h, *a[1:]), k) for h, (a, k) in zip(ref_hidden, ref_calls)]
-            self.items = [_Pair(p) for p in zip(mine, theirs)]
+        self.calls, self.hidden, self.ref_calls, self.ref_hidden = calls, hidden, ref_calls, ref_hidden
+
+    @property
+    def items(self):
+        for j, (a, k) in enumerate(self.calls):
+            mine = ((self.hidden[j], *a[1:]), k)
+            if self.ref_block is None:
+                yield mine
+            else:
+                ra, rk = self.ref_calls[j]
+                yield _Pair((mine, ((self.ref_hidden[j], *ra[1:]), rk)))
 
     @staticmethod
     def _call(m, item):
@@ -234,22 +253,61 @@ class _BlockRun:
 
         return feed
 
-    def outputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """The block's outputs (the next block's hidden states), and the reference block's."""
-        out: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in self.models}
+    def outputs(self, new_store) -> tuple:
+        """The block's outputs (the next block's hidden states), and the reference block's, each
+        in a store from ``new_store()`` (a list, or ``Activations`` on disk)."""
+        out = {m: new_store() for m in self.models}
         _each(lambda m, item: out[m].append(_hidden(self._call(m, item))), self.models, self.items)
         return out[self.block], out.get(self.ref_block)
 
 
+@dataclass
+class Offload:
+    """Blocks on disk (``pare.training.offload``): the model's and the reference's; and the hidden
+    states between blocks, which go to files under ``spill`` when the inputs and outputs of a
+    block (the reference's too) take more than ``room`` bytes (None: they stay in memory)."""
+
+    blocks: DiskBlocks
+    reference: DiskBlocks | None = None
+    spill: Path | None = None
+    room: int | None = None
+    activation_bytes: int = 0  # what one block's inputs and outputs take, set after the capture
+    spilling: bool = False
+    stores: int = 0
+
+    def streaming(self) -> list:
+        return self.blocks.streaming() + (self.reference.streaming() if self.reference else [])
+
+    def plan(self, hidden: list[torch.Tensor], copies: int) -> None:
+        self.activation_bytes = 2 * copies * sum(t.numel() * t.element_size() for t in hidden)
+        self.spilling = self.room is not None and self.activation_bytes > self.room
+
+    def store(self) -> Activations:
+        self.stores += 1
+        return Activations(self.spill / f"{self.stores:05d}" if self.spilling else None)
+
+
 def layer_by_layer(
-    model: nn.Module, names: list[str], batches, reference: nn.Module | None = None
+    model: nn.Module,
+    names: list[str],
+    batches,
+    reference: nn.Module | None = None,
+    offload: Offload | None = None,
 ) -> Iterator[tuple[list[str], Feed]]:
-    """Yield ``(group, feed)`` for the layers ``names`` in execution order; see the module doc."""
+    """Yield ``(group, feed)`` for the layers ``names`` in execution order; see the module doc.
+    With ``offload`` the blocks are read from disk one at a time (streamed through whole-model
+    passes, held while their groups are calibrated) and written back once calibrated."""
     probe = batches[0][:1] if isinstance(batches[0], torch.Tensor) else batches[0]  # one row shows the order
-    groups, repeated = layer_groups(model, names, probe)
+    streaming = offload.streaming if offload is not None else list
+    groups, repeated = layer_groups(model, names, probe, streaming())
     order = [n for g in groups for n in g]
     stop = not repeated  # a layer called twice per pass needs the whole pass
     blocks = find_blocks(model, order)
+    if offload is not None and blocks != offload.blocks.blocks:
+        raise UnsupportedModelError(
+            f"the layers run outside the blocks {offload.blocks.blocks[0]!r}...: calibration with blocks on "
+            f"disk needs every selected layer inside one list of repeated blocks, or before/after them"
+        )
     if blocks is None:
         for group in groups:
             yield group, model_feed(model, group, batches, reference, stop)
@@ -259,17 +317,41 @@ def layer_by_layer(
     inside = [g for g in groups if owner[g[0]] is not None]
     first = groups.index(inside[0])
     for group in groups[:first]:  # before the blocks: changing them changes the blocks' inputs
-        yield group, model_feed(model, group, batches, reference, stop)
-    calls = _capture(model, blocks, batches, stop)
-    ref_calls = _capture(reference, blocks, batches, stop) if reference is not None else None
-    hidden = [a[0] for a, _ in calls[0]]
-    ref_hidden = [a[0] for a, _ in ref_calls[0]] if ref_calls is not None else None
+        yield group, model_feed(model, group, batches, reference, stop, streaming)
+    calls, hidden = _capture(model, blocks, batches, stop, streaming())
+    ref_calls, ref_hidden = (
+        _capture(reference, blocks, batches, stop, streaming()) if reference is not None else (None, None)
+    )
+    if offload is not None:  # the captured inputs go where the outputs will
+        offload.plan(hidden, 1 if reference is None else 2)
+        hidden = _stored(offload.store(), hidden)
+        ref_hidden = ref_hidden and _stored(offload.store(), ref_hidden)
     for i, block_name in enumerate(blocks):
+        if offload is not None:
+            offload.blocks.hold(block_name)
+            if offload.reference is not None:
+                offload.reference.hold(block_name)
         run = _BlockRun(
             model, reference, block_name, calls[i], hidden, ref_calls and ref_calls[i], ref_hidden
         )
         for group in [g for g in inside if owner[g[0]] == block_name]:
             yield group, run.feed(group, [n[len(block_name) + 1 :] for n in group], stop)
-        hidden, ref_hidden = run.outputs()
+        if offload is None:
+            hidden, ref_hidden = run.outputs(list)
+            continue
+        previous = [hidden, ref_hidden]
+        hidden, ref_hidden = run.outputs(offload.store)
+        for store in previous:
+            if store is not None:
+                store.remove()
+        offload.blocks.let_go(block_name, changed=True)
+        if offload.reference is not None:
+            offload.reference.let_go(block_name, changed=False)
     for group in groups[first + len(inside) :]:
-        yield group, model_feed(model, group, batches, reference, stop)
+        yield group, model_feed(model, group, batches, reference, stop, streaming)
+
+
+def _stored(store, tensors):
+    for t in tensors:
+        store.append(t)
+    return store

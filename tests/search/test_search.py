@@ -13,10 +13,11 @@ import optuna
 import pytest
 import yaml
 
+from pare.config import parse_size
 from pare.errors import ConfigError, PareError
 from pare.recipes import load_recipe
 from pare.registry import techniques
-from pare.search.driver import Limits, auto, nas, parse_size
+from pare.search.driver import Limits, auto, nas
 from pare.search.space import derived_space, technique_space
 
 RECIPE = {
@@ -77,7 +78,7 @@ def test_bad_inputs(tmp_path):
         )
     assert not (tmp_path / "x").exists()  # nothing half-written
     with pytest.raises(ConfigError, match="--max-size: '12 apples'"):
-        parse_size("12 apples")
+        parse_size("12 apples", "--max-size")
     with pytest.raises(ConfigError, match="not registered"):
         auto(load_recipe(RECIPE), tmp_path, limits=Limits(), trials=1, allowed=["prnue"])
     with pytest.raises(ConfigError, match="explores zoo architectures"):

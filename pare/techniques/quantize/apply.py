@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from pare.config import parse_size
 from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.formats.packed import save_packed
 from pare.formats.schemes import WeightSpec, quantize_weight
+from pare.io import remove_tree
 from pare.progress import console, progress_bar
 from pare.registry import register
 from pare.selection import layer_options, matches, replace_module, select_layers
@@ -23,7 +25,8 @@ from pare.techniques.quantize.calibrated import awq, gptq, group_stats
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import embedding_int8, export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
-from pare.training.blockwise import layer_by_layer
+from pare.training.blockwise import Offload, find_blocks, layer_by_layer
+from pare.training.offload import DiskBlocks, PeakRSS, block_tensors, tensor_bytes, write_blocks
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -222,7 +225,16 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
     if config.mixed is not None:
         chosen = allocate_bits(model, specs, sens, config.mixed, ctx)
         specs = {n: dataclasses.replace(s, bits=chosen[n]) for n, s in specs.items()}
-    if config.packed:
+    if config.packed and config.max_memory is not None:
+        info["method"] = config.method
+        batches = calibration_batches(ctx, config)
+        folder = ctx.out_dir / "calibration"
+        disk, info["calibrated_error"], info["calibration_memory"] = calibrate_offloaded(
+            model, specs, batches, config, folder
+        )
+        disk.load_all()  # the stage is measured whole
+        remove_tree(ctx.out_dir, folder)
+    elif config.packed:
         # GPTQ aims each layer at the float model's outputs: keep that model to read them from
         reference = copy.deepcopy(model) if config.method == "gptq" and config.input_drift else None
         model = wrap_layers(model, specs)
@@ -280,7 +292,89 @@ def quantize_embeddings(model: nn.Module, tables: list[str], exclude: list[str])
     return names
 
 
-def _calibrate(model, specs, batches, config, reference=None) -> dict[str, dict[str, float]]:
+def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: Path, source=None):
+    """GPTQ or AWQ (``_calibrate``) with the model's decoder blocks on disk under ``folder``, one
+    in memory at a time, within ``config.max_memory``: the weights outside the blocks (token
+    table, head), one block in float and quantized, the method's working copies of one layer
+    (``pare.training.offload``), and the hidden states between blocks, which go to disk when
+    they do not fit in what is left. ``source``: a ``TensorFiles`` the blocks start from (the
+    model then built on the meta device, only the rest of it in memory); without it the blocks
+    in memory are written out first. Layers are wrapped block by block as they are read. Returns
+    the ``DiskBlocks`` (``load_all()`` makes the model whole), the per-layer errors and what was
+    planned and measured (bytes)."""
+    budget = parse_size(config.max_memory, "max_memory")
+    linear = [n for n in specs if isinstance(model.get_submodule(n), nn.Linear)]
+    blocks = find_blocks(model, linear)
+    if blocks is None:
+        raise UnsupportedModelError(
+            f"max_memory: calibration with blocks on disk needs the layers in a list of repeated blocks "
+            f"(the decoder layers of a language model); none holds the selected layers of this "
+            f"{type(model).__name__}. Remove max_memory"
+        )
+    in_blocks = {n for n in specs if any(n.startswith(b + ".") for b in blocks)}
+    drift = config.method == "gptq" and config.input_drift
+    copies = 2 if drift else 1
+    plan = _memory_plan(model, blocks, [model.get_submodule(n) for n in linear], copies)
+    if plan["floor_bytes"] > budget:
+        raise ConfigError(
+            f"max_memory: {config.max_memory!r} is less than one block needs: {_mb(plan['floor_bytes'])} "
+            f"(block {blocks[0]!r}: {_mb(plan['block_bytes'])} in float, held with its quantized copy"
+            f"{' and the float reference' if drift else ''}; weights outside the blocks "
+            f"{_mb(plan['outside_bytes'])}{' twice' if drift else ''}; one layer's working copies "
+            f"{_mb(plan['work_bytes'])}); raise max_memory to at least {_mb(plan['floor_bytes'])}"
+        )
+    with PeakRSS() as peak:
+        if source is None:
+            source = write_blocks(model, blocks, folder / "float")
+        reference = copy.deepcopy(model) if drift else None  # the blocks are empty now: a small copy
+        wrap_layers(model, {n: s for n, s in specs.items() if n not in in_blocks})
+
+        def prepare(block: nn.Module, name: str) -> None:
+            wrap_layers(model, {n: s for n, s in specs.items() if n.startswith(name + ".")})
+
+        disk = DiskBlocks(model, blocks, folder / "quantized", source, prepare)
+        ref_disk = DiskBlocks(reference, blocks, folder / "reference", source) if drift else None
+        room = budget - plan["floor_bytes"]
+        offload = Offload(disk, ref_disk, spill=folder / "activations", room=room)
+        errors = _calibrate(model, specs, batches, config, reference, offload)
+    memory = {
+        **plan,
+        "max_memory_bytes": budget,
+        "activation_bytes": offload.activation_bytes,
+        "activations_on_disk": offload.spilling,
+        "planned_bytes": plan["floor_bytes"] + (0 if offload.spilling else offload.activation_bytes),
+        "rss_start_bytes": peak.start,
+        "peak_rss_bytes": peak.peak,
+        "peak_rss_since_start": peak.reset,  # False: the process's lifetime peak
+    }
+    console.print(
+        f"  {config.method}: blocks on disk, {_mb(memory['planned_bytes'])} planned within "
+        f"{_mb(budget)} (activations {'on disk' if offload.spilling else 'in memory'}); "
+        f"peak RSS {_mb(peak.peak)}, {_mb(peak.peak - (peak.start or 0))} above the start"
+    )
+    return disk, errors, memory
+
+
+def _memory_plan(model, blocks, layers, copies: int) -> dict[str, int]:
+    """What calibration with blocks on disk holds besides the activations (bytes): the tensors
+    outside the blocks and one block (per copy: the model, and the float reference for GPTQ's
+    input drift), the block's quantized weights, and one layer's GPTQ working copies (float64
+    weight and error, the Hessian and its inverse factor)."""
+    block_ids = {id(t) for b in blocks for t in block_tensors(model.get_submodule(b)).values()}
+    outside = tensor_bytes(
+        t for t in {id(t): t for t in block_tensors(model).values()}.values() if id(t) not in block_ids
+    )
+    block = max(tensor_bytes(block_tensors(model.get_submodule(b)).values()) for b in blocks)
+    work = max(8 * 3 * m.weight.numel() + 8 * 3 * m.weight.shape[1] ** 2 for m in layers)
+    floor = copies * (outside + block) + block + work
+    return {"outside_bytes": outside, "block_bytes": block, "work_bytes": work, "floor_bytes": floor}
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**20:.1f} MB"
+
+
+def _calibrate(model, specs, batches, config, reference=None, offload=None) -> dict[str, dict[str, float]]:
     """GPTQ or AWQ codes pinned in each Linear layer (convolutions keep RTN), in the order the
     model runs them: each layer's calibration inputs come from the model with every earlier
     layer already quantized (sequential GPTQ), one block at a time where the model has repeated
@@ -291,7 +385,7 @@ def _calibrate(model, specs, batches, config, reference=None) -> dict[str, dict[
     names = [n for n in specs if isinstance(model.get_submodule(n).base, nn.Linear)]
     errors = {}
     with progress_bar(f"  {config.method} layer by layer", len(names)) as bar:
-        for group, feed in layer_by_layer(model, names, batches, reference):
+        for group, feed in layer_by_layer(model, names, batches, reference, offload):
             layers = {n: model.get_submodule(n) for n in group}
             for name, st in group_stats(feed, layers).items():
                 errors[name] = _calibrate_layer(layers[name], specs[name], st, config, name)

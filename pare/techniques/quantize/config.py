@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pare.config import Config, from_dict, param, to_dict
+from pare.config import Config, from_dict, param, parse_size, to_dict
 from pare.errors import ConfigError
 
 Scheme = Literal["affine", "pow2", "codebook", "fixed_point", "binary", "ternary", "fp16", "bf16"]
@@ -69,6 +69,9 @@ class QuantizeConfig(Config):
     # gptq: aim each layer at the float model's outputs, correcting what earlier quantized layers
     # changed in its inputs (false: the original GPTQ objective, the layer's own output)
     input_drift: bool = True
+    # gptq/awq: calibrate with the decoder blocks on disk, one in memory at a time, and the
+    # activations between blocks on disk too when they do not fit (e.g. "300MB", "2GB")
+    max_memory: str | int | None = None
 
     @property
     def weight_bits(self) -> int:
@@ -139,6 +142,17 @@ class QuantizeConfig(Config):
                 f"scheme: affine, per_channel or per_group (got mode={self.mode!r}, scheme={s!r}, "
                 f"granularity={self.granularity!r})"
             )
+        if self.max_memory is not None:
+            if self.method == "rtn":
+                problems.append(
+                    f"max_memory: {self.max_memory!r} bounds calibration, which method 'rtn' does not do; "
+                    f"use method: gptq or awq, or remove max_memory"
+                )
+            try:
+                if parse_size(self.max_memory, "max_memory") <= 0:
+                    problems.append(f"max_memory: {self.max_memory!r} must be a positive size such as 300MB")
+            except ConfigError as e:
+                problems.extend(e.problems)
         if self.mixed is not None and s != "affine":
             problems.append(f"mixed: mixed precision uses the affine scheme (got {s!r})")
         for pattern, opts in self.overrides.items():

@@ -44,16 +44,32 @@ class QuantLayer(nn.Module):
 
     def refresh(self) -> None:
         """Re-quantize from ``base.weight`` (after calibration or training changed it); pinned
-        codes (GPTQ, AWQ) are kept and only decoded again."""
+        codes (GPTQ, AWQ) are kept and only decoded again. The layer's tensors are its
+        parameters and buffers alone (no cached copies beside them), so that moving them to disk
+        and back (``pare.training.offload``) moves all of the layer."""
         if hasattr(self, "pinned_codes"):
             from pare.formats.packed import dequantize
 
-            params = {k: getattr(self, f"pinned_{k}") for k in self.pinned_keys}
-            w = dequantize(self.pinned_codes, params, self.spec, self.base.weight.shape)
-            self.quantized = QuantizedWeight(w, self.pinned_codes.to(torch.int32), params, self.spec.bits)
+            w = dequantize(self.pinned_codes, self._pinned_params(), self.spec, self.base.weight.shape)
+            scale = None  # pinned codes are computed with as they are (weight_q)
         else:
-            self.quantized = quantize_weight(self.base.weight, self.spec)
-        self.register_buffer("weight_q", self.quantized.dequantized.detach().clone(), persistent=False)
+            q = quantize_weight(self.base.weight, self.spec)
+            w, scale = q.dequantized, q.params.get("scale")
+        self.register_buffer("weight_q", w.detach(), persistent=False)
+        # the int8 graphs read the scale on every forward (current_weight)
+        int8 = self.int8_affine and scale is not None
+        self.register_buffer("int8_scale", scale.detach() if int8 else None, persistent=False)
+
+    def _pinned_params(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, f"pinned_{k}") for k in self.pinned_keys}
+
+    @property
+    def quantized(self) -> QuantizedWeight:
+        """Codes, parameters and dequantized weight: the pinned ones, or RTN of ``base.weight``."""
+        if hasattr(self, "pinned_codes"):
+            codes = self.pinned_codes.to(torch.int32)
+            return QuantizedWeight(self.weight_q, codes, self._pinned_params(), self.spec.bits)
+        return quantize_weight(self.base.weight, self.spec)
 
     def pin(self, quantized: QuantizedWeight) -> None:
         """Keep these codes (chosen with calibration data) instead of re-quantizing ``base.weight``;
@@ -81,10 +97,10 @@ class QuantLayer(nn.Module):
             w = self.base.weight
             q = quantize_weight(w, self.spec).dequantized
             return w + (q - w).detach() if self.training else q  # straight-through gradient
-        if self.int8_affine:
+        if self.int8_scale is not None:
             # Same numbers as weight_q, written as a fake-quant op so that ONNX export emits
             # QuantizeLinear/DequantizeLinear with these scales (then stored as int8).
-            scale = self.quantized.params["scale"]
+            scale = self.int8_scale
             if self.spec.granularity == "per_tensor":
                 return torch.fake_quantize_per_tensor_affine(self.base.weight, float(scale[0]), 0, -128, 127)
             zero = torch.zeros(len(scale), dtype=torch.int32)

@@ -279,3 +279,19 @@ def test_a_tied_token_table_is_stored_once_in_a_packed_file(tmp_path):
     tensors, _ = load_tensors(tmp_path / "t", "k")
     assert set(tensors) == {"embed.weight", "head.weight", "x"} and torch.equal(tensors["head.weight"], table)
     assert size < 50 * 8 * 4 * 2  # not twice the table
+
+
+def test_gptq_with_blocks_on_disk_in_a_run_equals_gptq_in_memory(tmp_path, tiny_llama):
+    """A quantize stage under ``max_memory`` calibrates with the blocks on disk (and here the
+    activations too: the budget leaves them no room) and ships the same model as in memory."""
+    recipe = lm_recipe({"hf": str(tiny_llama)})
+    gptq = {"technique": "quantize", "mode": "weight_only", "bits": 4, "granularity": "per_group"}
+    gptq |= {"group_size": 16, "method": "gptq", "calibration_samples": 16, "from": "baseline"}
+    recipe["stages"] = [{**gptq, "name": "memory"}, {**gptq, "name": "disk", "max_memory": "1MB"}]
+    results = pare.run(recipe, tmp_path / "run")
+    _, memory, disk = results["stages"]
+    assert disk["metrics"]["perplexity"] == memory["metrics"]["perplexity"]
+    used = disk["info"]["calibration_memory"]
+    assert used["activations_on_disk"] and used["max_memory_bytes"] == 2**20
+    assert used["planned_bytes"] <= 2**20 < used["planned_bytes"] + used["activation_bytes"]
+    assert not list((tmp_path / "run").rglob("calibration"))  # the work files are gone
