@@ -22,14 +22,22 @@ needs runs beside every block and doubles the calibration time. Group 64: the 57
 are 4.5 groups of 128. What is not here yet, and why, is printed and kept in the JSON
 (``not_run``).
 
---quick: the first 2 of the 30 decoder blocks, 4 test windows and 8 calibration windows (a
-smoke run: every row, no meaningful figures, targets not decided).
+GPTQ 4-bit also runs with the blocks on disk (``max_memory`` half the fp32 checkpoint's bytes),
+read from the fp32 checkpoint into a model built on the meta device, in a process of its own
+(``_gptq_on_disk.py``) whose resident memory is measured; its codes must equal the in-memory
+row's.
+
+--quick: the first 2 of the 30 decoder blocks, 4 test windows and 8 calibration windows, and
+max_memory 300MB for the blocks on disk (a smoke run: every row, no meaningful figures, targets
+not decided).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +49,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(HERE)] + 
 import torch  # noqa: E402
 from _common import parse_args, print_table, print_targets, stage, target, write  # noqa: E402
 
+from pare.config import from_dict, parse_size  # noqa: E402
 from pare.data.dataset import Part  # noqa: E402
 from pare.export.onnx_lm import OrtCausalLM, export_causal_lm  # noqa: E402
 from pare.generate import DEFAULT_PROMPTS, greedy  # noqa: E402
@@ -49,6 +58,7 @@ from pare.recipes import load_recipe  # noqa: E402
 from pare.recipes.checkpoint import lm_checkpoint  # noqa: E402
 from pare.recipes.pipeline import recipe_model, recipe_splits  # noqa: E402
 from pare.tasks import get_task  # noqa: E402
+from pare.techniques.quantize.apply import quant_layers  # noqa: E402
 from pare.techniques.quantize.tied import follow_quantized_heads  # noqa: E402
 
 MODEL = "SmolLM2-135M"
@@ -131,6 +141,50 @@ def speed(runners: dict, tokenizer, rounds: int, new_tokens: int) -> dict:
     }
 
 
+def gptq_on_disk(model, tokenizer, split, config: dict, tmp: Path, in_memory: dict, quick: bool) -> dict:
+    """GPTQ (``config``) of the fp32 model read from its checkpoint folder with the blocks on disk,
+    ``max_memory`` half the checkpoint's bytes, in a process of its own
+    (``_gptq_on_disk.py``), on the calibration rows the in-memory row drew: its memory figures,
+    and whether its codes equal ``in_memory``'s."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file, save_file
+
+    from pare.techniques.quantize.apply import calibration_batches
+    from pare.techniques.quantize.config import QuantizeConfig
+
+    folder = tmp / "fp32-hf"
+    lm_checkpoint(copy.deepcopy(model), tokenizer, folder)
+    fp32_bytes = (folder / "model.safetensors").stat().st_size
+    # quick: the 2-block model's half is less than its token table alone
+    config = {**config, "max_memory": "300MB" if quick else fp32_bytes // 2}
+    ctx = SimpleNamespace(split=split, seed=0)  # pare.compress's seed: the same draw as the in-memory row
+    batches = calibration_batches(ctx, from_dict(QuantizeConfig, config))
+    save_file({str(i): b.contiguous() for i, b in enumerate(batches)}, str(tmp / "batches.safetensors"))
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(Path(HERE) / "_gptq_on_disk.py"), str(folder), json.dumps(config)]
+        + [str(tmp / "batches.safetensors"), str(tmp / "codes.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(f"GPTQ with blocks on disk failed:\n{done.stderr[-3000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    codes = load_file(str(tmp / "codes.safetensors"))
+    peak = max(out["peak_rss_bytes"], out["loading_peak_rss_bytes"])
+    return {
+        **out,
+        "fp32_bytes": fp32_bytes,
+        "max_memory_bytes": parse_size(config["max_memory"]),
+        "peak_above_imports_bytes": peak - out["rss_after_imports_bytes"],
+        "codes_equal": set(codes) == set(in_memory)
+        and all(torch.equal(codes[n], in_memory[n]) for n in codes),
+        "layers": len(codes),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def main() -> None:
     args = parse_args("llm")
     torch.manual_seed(0)
@@ -166,6 +220,8 @@ def main() -> None:
         q, _ = stage(model, "quantize", config, split)
         if key.startswith("tied"):
             assert follow_quantized_heads(q) == ["model.model.embed_tokens"]
+        if key == "gptq":
+            gptq_codes = {n: m.pinned_codes.clone() for n, m in quant_layers(q).items()}
         quantize_s = time.perf_counter() - t0
         for level in levels:
             t0 = time.perf_counter()
@@ -173,6 +229,7 @@ def main() -> None:
             lm_checkpoint(copy.deepcopy(q), tokenizer, folder, "onnx", level)
             artifacts[f"{key}-acc{level}"] = (folder / "model.onnx").stat().st_size
             seconds[f"{key}-acc{level}"] = quantize_s + time.perf_counter() - t0
+    on_disk = gptq_on_disk(model, tokenizer, split, quantized["gptq"][0], tmp, gptq_codes, args.quick)
     t0 = time.perf_counter()
     ort_rtn = tmp / "ort-rtn.onnx"
     ort_quantized(fp32_onnx, ort_rtn)
@@ -280,6 +337,13 @@ def main() -> None:
             increase("int3 GPTQ g64, accuracy 0") <= increase("int3 RTN g64, accuracy 0") / 3,
         ),
         target(
+            "GPTQ calibration memory",
+            "GPTQ 4-bit with blocks on disk, max_memory = half the fp32 checkpoint: peak RSS above the "
+            "process's after imports <= that half, codes equal to GPTQ in memory (value: peak / fp32 bytes)",
+            on_disk["peak_above_imports_bytes"] / on_disk["fp32_bytes"],
+            on_disk["peak_above_imports_bytes"] <= on_disk["max_memory_bytes"] and on_disk["codes_equal"],
+        ),
+        target(
             "pare RTN vs ONNX Runtime's RTN",
             "pare's perplexity increase <= ONNX Runtime quantizer's + 0.05 (same scheme)",
             by["int4 RTN g64, accuracy 0"]["metrics"]["perplexity_increase"]
@@ -304,6 +368,11 @@ def main() -> None:
             ("s", lambda r: f"{r['seconds']:.0f}"),
         ],
     )
+    print(
+        f"\nGPTQ with blocks on disk: peak RSS {on_disk['peak_above_imports_bytes'] / 2**20:.0f} MB above "
+        f"imports, max_memory {on_disk['max_memory_bytes'] / 2**20:.0f} MB, activations "
+        f"{'on disk' if on_disk['activations_on_disk'] else 'in memory'}, codes equal: {on_disk['codes_equal']}"
+    )
     print_targets(targets)
     print("\nnot run here:")
     for what, why in not_run.items():
@@ -314,6 +383,7 @@ def main() -> None:
         rows,
         targets,
         not_run=not_run,
+        calibration_memory=on_disk,
         setup={
             "blocks": 2 if args.quick else blocks,
             "windows": windows,

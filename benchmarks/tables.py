@@ -307,9 +307,21 @@ def llm(r: dict) -> str:
         "quantize + export s",
     ]
     not_run = "\n".join(f"- {what}: {why}" for what, why in r.get("not_run", {}).items())
+    mem = r.get("calibration_memory")
+    on_disk = (
+        f"GPTQ 4-bit with the blocks on disk, in a process of its own: max_memory {size(mem['max_memory_bytes'])}"
+        f" (half the fp32 checkpoint's {size(mem['fp32_bytes'])}), planned {size(mem['planned_bytes'])}, "
+        f"activations {'on disk' if mem['activations_on_disk'] else 'in memory'}; peak RSS "
+        f"{size(mem['peak_above_imports_bytes'])} above the process's after imports; codes "
+        f"{'equal to' if mem['codes_equal'] else 'DIFFERENT from'} GPTQ in memory ({mem['layers']} layers); "
+        f"{mem['seconds']:.0f} s\n\n"
+        if mem
+        else ""
+    )
     return (
         md_table(header, rows)
         + "\n\n"
+        + on_disk
         + targets_table(r)
         + ("\n\nNot run yet:\n\n" + not_run if not_run else "")
     )

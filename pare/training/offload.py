@@ -235,7 +235,7 @@ class PeakRSS:
         return self
 
     def __exit__(self, *exc):
-        self.peak = _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak = peak_rss()
         return False
 
 
@@ -252,3 +252,8 @@ def _status(key: str) -> int | None:
 def rss() -> int | None:
     """The process's resident memory now (bytes), where /proc tells it."""
     return _status("VmRSS")
+
+
+def peak_rss() -> int:
+    """The process's peak resident memory (bytes): since the last reset, where /proc tells it."""
+    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -123,14 +123,14 @@ def _group_params(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torc
 
 def _inverse_hessian_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
     """Upper Cholesky factor of H^-1, damping more until H is positive definite."""
-    eye = torch.eye(len(h), dtype=h.dtype)
     mean_diag = h.diagonal().mean().clamp(min=1e-12)
     for attempt in range(4):
-        damped = h + damp * (10**attempt) * mean_diag * eye
+        damped = h.clone()  # H + d I without an identity matrix: one (in, in) copy fewer
+        damped.diagonal().add_(damp * (10**attempt) * mean_diag)
         chol, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if info == 0:
-            inv = torch.cholesky_inverse(chol)
-            return torch.linalg.cholesky(inv, upper=True)
+            return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
     raise PareError(
         f"GPTQ: the input Hessian of layer {name!r} is not positive definite even with damping "
         f"{damp * 1000:g} x mean diagonal; raise damp or give more (varied) calibration samples"
