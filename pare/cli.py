@@ -67,10 +67,10 @@ def _cmd_generate(args) -> None:
     from pare.models.hf import CausalLM, load_tokenizer, source
     from pare.recipes.pipeline import stage_model
 
-    folder = Path(args.stage)
-    if (folder / "model.onnx").exists():  # written by `pare checkpoint --format onnx`
-        from pare.export.onnx_lm import OrtCausalLM
+    from pare.export.onnx_lm import STAGE_GRAPH, OrtCausalLM
 
+    folder = Path(args.stage)
+    if (folder / "model.onnx").exists() and (folder / "config.json").exists():  # pare checkpoint --format onnx
         model, tokenizer = CausalLM(OrtCausalLM(folder / "model.onnx")), load_tokenizer(folder)
         name, runtime, prompts = folder.name, "onnxruntime", args.prompt or list(DEFAULT_PROMPTS)
     else:
@@ -82,6 +82,8 @@ def _cmd_generate(args) -> None:
             )
         tokenizer = load_tokenizer(*source(recipe.model))
         runtime, prompts = "torch", args.prompt or recipe.evaluate.prompts
+        if (folder / STAGE_GRAPH).exists():  # the stage ships its ONNX graph: run what ships
+            model, runtime = CausalLM(OrtCausalLM(folder / STAGE_GRAPH)), "onnxruntime"
     for prompt in prompts:
         g = greedy(model, tokenizer, prompt, args.max_new_tokens)
         speed = g["decode_tokens_per_s"]

@@ -78,12 +78,21 @@ def ort_session(path: str | Path, threads: int | None = None, spinning: bool = T
 
 
 def onnx_runner(session):
-    """The session as a function of a torch batch (float inputs as float32, token ids as int64)."""
-    name = session.get_inputs()[0].name
+    """The session as a function of a torch batch (float inputs as float32, token ids as int64),
+    giving its first output. A causal LM exported with its KV cache (``export/onnx_lm``) gets an
+    all-ones attention mask and an empty cache: whole windows, scored at once."""
+    first, *rest = session.get_inputs()
+    output = [session.get_outputs()[0].name]  # not the cache it also returns
 
     def run(x: torch.Tensor) -> np.ndarray:
         x = x.numpy()
-        return session.run(None, {name: x if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)})[0]
+        feed = {first.name: x if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)}
+        for i in rest:
+            if i.name == "attention_mask":
+                feed[i.name] = np.ones(x.shape, dtype=np.int64)
+            elif i.name.startswith("past."):  # (batch, kv heads, 0 tokens, head dim)
+                feed[i.name] = np.zeros((len(x), int(i.shape[1]), 0, int(i.shape[3])), dtype=np.float32)
+        return session.run(output, feed)[0]
 
     return run
 

@@ -39,6 +39,7 @@ from pare.formats.schemes import QuantizedWeight, WeightSpec
 from pare.io import atomic_write
 
 PROTOBUF_LIMIT = 2_000_000_000  # one .onnx file holds at most 2 GB; larger graphs keep data apart
+STAGE_GRAPH = "model.matmulnbits.onnx"  # a weight-only LM stage as it ships (KV cache, MatMulNBits)
 
 
 def cache_shape(config) -> tuple[int, int, int]:

@@ -87,14 +87,22 @@ def _tokenizer(recipe: Recipe):
     return load_tokenizer(*source(recipe.model))
 
 
-def generations(recipe: Recipe, model: nn.Module) -> list[dict] | None:
-    """The recipe's prompts continued by ``model`` (a pretrained causal LM; None otherwise)."""
+def generations(recipe: Recipe, model: nn.Module, artifact: Artifact) -> dict | None:
+    """The recipe's prompts continued by a pretrained causal LM stage in the runtime it ships in:
+    its ONNX graph with a KV cache where it ships one, else the torch model ({"runtime",
+    "prompts"}; None for other models)."""
+    from pare.export.onnx_lm import STAGE_GRAPH, OrtCausalLM
     from pare.generate import causal_backbone, greedy
+    from pare.models.hf import CausalLM
 
     if causal_backbone(model) is None or not recipe.evaluate.prompts:
         return None
+    runtime = "torch"
+    if artifact.path.name == STAGE_GRAPH:
+        model, runtime = CausalLM(OrtCausalLM(artifact.path)), "onnxruntime"
     tokenizer = _tokenizer(recipe)
-    return [greedy(model, tokenizer, p, recipe.evaluate.max_new_tokens) for p in recipe.evaluate.prompts]
+    n = recipe.evaluate.max_new_tokens
+    return {"runtime": runtime, "prompts": [greedy(model, tokenizer, p, n) for p in recipe.evaluate.prompts]}
 
 
 def recipe_splits(recipe: Recipe) -> list[Split]:

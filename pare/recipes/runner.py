@@ -199,9 +199,9 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
             onnx=ev.onnx,
         )
     with status(f"generating with {step.name}: the prompts, greedy, KV cache"):
-        generation = generations(recipe, built[0].model)
+        generation = generations(recipe, built[0].model, artifacts[0])
     if generation is not None:  # prefill and decode speed are cost as a user of LLMs reads it
-        cost["generation"] = {"runtime": "torch", "prompts": generation}
+        cost["generation"] = generation
     record = {
         **built[0].step.record(),
         **aggregate(evals),

@@ -177,8 +177,9 @@ def _generation(results: dict) -> list[tuple]:
         ("h", 2, "Generation"),
         (
             "p",
-            f"Greedy continuations with a KV cache, in torch ({first[0]['threads']} threads, batch 1): "
-            "prefill is the prompt in one pass, decode one token per pass.",
+            f"Greedy continuations with a KV cache, each stage in the runtime it ships in "
+            f"({first[0]['threads']} threads, batch 1): prefill is the prompt in one pass, decode one "
+            "token per pass.",
         ),
     ]
     for i, prompt in enumerate(first):
@@ -189,6 +190,7 @@ def _generation(results: dict) -> list[tuple]:
             rows.append(
                 [
                     s["name"],
+                    s["cost"]["generation"]["runtime"],
                     "".join(c if c.isprintable() else "�" for c in " ".join(g["text"].split())) or "—",
                     f"{g['prompt_tokens']} tokens in {g['prefill_ms']:.0f} ms",
                     "—" if speed is None else f"{speed:.1f} tokens/s",
@@ -196,7 +198,7 @@ def _generation(results: dict) -> list[tuple]:
             )
         blocks += [
             ("p", f"Prompt {i + 1}: *{prompt['prompt']}*"),
-            ("table", ["stage", "continuation", "prefill", "decode"], rows),
+            ("table", ["stage", "runtime", "continuation", "prefill", "decode"], rows),
         ]
     return blocks
 

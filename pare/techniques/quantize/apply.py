@@ -13,9 +13,11 @@ import torch.nn as nn
 
 from pare.config import parse_size
 from pare.errors import ConfigError, DataError, UnsupportedModelError
+from pare.export.onnx_lm import STAGE_GRAPH, export_causal_lm
 from pare.formats.packed import save_packed
 from pare.formats.schemes import WeightSpec, quantize_weight
 from pare.io import remove_tree
+from pare.models.hf import CausalLM
 from pare.progress import console, progress_bar
 from pare.registry import register
 from pare.selection import layer_options, matches, replace_module, select_layers
@@ -25,6 +27,7 @@ from pare.techniques.quantize.calibrated import awq, gptq, group_stats
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import embedding_int8, export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
+from pare.techniques.quantize.tied import follow_quantized_heads
 from pare.training.blockwise import Offload, find_blocks, layer_by_layer
 from pare.training.offload import DiskBlocks, PeakRSS, block_tensors, tensor_bytes, write_blocks
 
@@ -244,6 +247,12 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
             info["calibrated_error"] = _calibrate(model, specs, batches, config, reference)
         if config.mode == "qat":
             info["history"] = _qat(model, config, ctx)
+    if config.packed:
+        # a token table tied to a quantized output layer reads that layer's codes (one copy)
+        tied = follow_quantized_heads(model)
+        if tied:
+            info["tied_heads"] = tied
+            console.print(f"  quantize: token tables follow their quantized heads: {tied}")
     elif config.mode == "dynamic":
         model = wrap_layers(model, specs, dynamic_bits=8)
         if config.int8_tables:
@@ -479,11 +488,32 @@ def export(
         path = stage_dir / "model.int8.onnx"
         export_qdq(model, example, path)
         return {"artifact": path, "runtime": "onnxruntime"}
+    if config.mode == "weight_only" and isinstance(model, CausalLM):
+        shipped = _lm_graph(model, config, info, stage_dir)
+        if shipped is not None:
+            return shipped
     merged = merge_all(copy.deepcopy(model))
     packed = {f"{n}.weight": (layer.quantized, layer.spec) for n, layer in quant_layers(model).items()}
     path = stage_dir / ("model.packed.safetensors" + (".xz" if config.entropy_coding else ""))
     save_packed(merged, packed, path, entropy_coding=config.entropy_coding)
     return {"artifact": path, "runtime": "torch"}
+
+
+def _lm_graph(model, config: QuantizeConfig, info: dict, stage_dir: Path) -> dict | None:
+    """A pretrained causal LM's weight-only stage as ONNX Runtime runs it: MatMulNBits on pare's
+    own codes, the KV cache as graph inputs and outputs (``export/onnx_lm``); None, with the
+    reason in ``info`` and on the console, where a layer has no such form (pare's packed file
+    then ships, run in torch)."""
+    lm = model.model
+    quantized = {f"{n}.weight": (layer.quantized, layer.spec) for n, layer in quant_layers(lm).items()}
+    path = stage_dir / STAGE_GRAPH
+    try:
+        export_causal_lm(merge_all(copy.deepcopy(lm)), path, quantized, config.accuracy_level)
+    except UnsupportedModelError as e:
+        info["onnx_error"] = str(e)
+        console.print(f"[yellow]  quantize: shipped as pare's packed file, run in torch: {e}[/]")
+        return None
+    return {"artifact": path, "runtime": "onnxruntime"}
 
 
 def restore(model: nn.Module, config: QuantizeConfig, info: dict) -> nn.Module:
@@ -495,8 +525,10 @@ def restore(model: nn.Module, config: QuantizeConfig, info: dict) -> nn.Module:
         model = _fold(model, config)
     if config.packed:
         model = wrap_layers(model, specs)
-        if config.method != "rtn":
-            _pin_placeholders(model, specs, config)
+        pinned = (
+            specs if config.method != "rtn" else {n: specs[n] for n in info.get("tied_heads", {}).values()}
+        )
+        _pin_placeholders(model, pinned, config)
         return model
     if config.mode == "dynamic":
         return wrap_layers(model, specs, dynamic_bits=8)  # embedding weights load as saved (rounded)

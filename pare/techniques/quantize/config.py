@@ -72,6 +72,9 @@ class QuantizeConfig(Config):
     # gptq/awq: calibrate with the decoder blocks on disk, one in memory at a time, and the
     # activations between blocks on disk too when they do not fit (e.g. "300MB", "2GB")
     max_memory: str | int | None = None
+    # weight_only on a pretrained causal LM ships model.matmulnbits.onnx (MatMulNBits, KV cache):
+    # the kernel's accuracy level (0: float compute, exact; 4: inputs quantized to int8 per block)
+    accuracy_level: int = param(0, ge=0, le=4)
 
     @property
     def weight_bits(self) -> int:

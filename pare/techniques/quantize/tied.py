@@ -17,13 +17,13 @@ from pare.techniques.quantize.layers import QuantLayer
 
 
 @torch.no_grad()
-def follow_quantized_heads(model: nn.Module) -> list[str]:
+def follow_quantized_heads(model: nn.Module) -> dict[str, str]:
     """Every ``nn.Embedding`` whose weight is the weight of a weight-only quantized layer is set
     to that layer's dequantized weight, in place; the layer's codes are pinned first (the float
-    weight they were rounded from is overwritten). Returns the tables' names."""
+    weight they were rounded from is overwritten). Returns {table name: layer name}."""
     tables = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
-    followed = []
-    for layer in model.modules():
+    followed = {}
+    for name, layer in model.named_modules():
         if not isinstance(layer, QuantLayer) or layer.dynamic_bits or layer.qat:
             continue
         table = tables.get(id(layer.base.weight))
@@ -32,5 +32,5 @@ def follow_quantized_heads(model: nn.Module) -> list[str]:
         if not hasattr(layer, "pinned_codes"):
             layer.pin(layer.quantized)
         layer.base.weight.copy_(layer.weight_q)
-        followed.append(table)
+        followed[table] = name
     return followed

@@ -149,7 +149,9 @@ def test_pare_generate_answers_from_a_stage_folder(tmp_path, tiny_llama, capsys)
     assert main(["generate", str(stage), "--prompt", "A list comprehension", "--max-new-tokens", "32"]) == 0
     printed = capsys.readouterr().out
     in_run = results["stages"][1]["cost"]["generation"]["prompts"][0]["text"]
-    assert printed.startswith(f"[int4, torch] A list comprehension{in_run}\n")  # the stage's own weights
+    # the stage's own graph (MatMulNBits, KV cache) in ONNX Runtime, as in the run
+    assert results["stages"][1]["cost"]["generation"]["runtime"] == "onnxruntime"
+    assert printed.startswith(f"[int4, onnxruntime] A list comprehension{in_run}\n")
     assert main(["generate", str(tmp_path / "run" / "stages" / "05-nothing")]) == 2
     assert "not a finished stage" in capsys.readouterr().err
 
@@ -295,3 +297,40 @@ def test_gptq_with_blocks_on_disk_in_a_run_equals_gptq_in_memory(tmp_path, tiny_
     assert used["activations_on_disk"] and used["max_memory_bytes"] == 2**20
     assert used["planned_bytes"] <= 2**20 < used["planned_bytes"] + used["activation_bytes"]
     assert not list((tmp_path / "run").rglob("calibration"))  # the work files are gone
+
+
+def test_a_weight_only_lm_stage_ships_matmulnbits_measured_in_onnxruntime(tmp_path):
+    """A pretrained causal LM's 4-bit stage ships its ONNX graph (MatMulNBits on pare's codes, KV
+    cache; the tied token table reading the quantized head's codes) and is scored, timed and
+    generated with in ONNX Runtime; --resume reuses it."""
+    import onnx
+
+    folder = tiny_causal_lm(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    recipe = lm_recipe({"hf": str(folder)})
+    recipe["evaluate"]["prompts"] = ["A list comprehension"]
+    int4 = {"technique": "quantize", "mode": "weight_only", "bits": 4, "granularity": "per_group"}
+    recipe["stages"] = [{**int4, "name": "int4", "group_size": 16, "accuracy_level": 4}]
+    results = pare.run(recipe, tmp_path / "run")
+    base, stage = results["stages"]
+    assert stage["artifact"] == "stages/01-int4/model.matmulnbits.onnx"
+    assert (
+        stage["cost"]["runtime"] == "onnxruntime" and stage["cost"]["generation"]["runtime"] == "onnxruntime"
+    )
+    assert stage["info"]["tied_heads"] == {"model.model.embed_tokens": "model.lm_head"}
+    graph = onnx.load(str(tmp_path / "run" / stage["artifact"])).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulNBits") == 7 * 2 + 1 and "GatherBlockQuantized" in ops  # 2 blocks and the head
+    assert all(
+        n.attribute[0].i == 4
+        for n in graph.node
+        if n.op_type == "MatMulNBits" and n.attribute[0].name == "accuracy_level"
+    )
+    # ONNX Runtime's int8-compute kernel against pare's torch model of the stage: close, not equal
+    assert 0 < stage["cost"]["onnx_nll_abs_diff"] < 0.05
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    table = (config.vocab_size, config.hidden_size)  # the tied table
+    assert not [i.name for i in graph.initializer if tuple(i.dims) == table]  # no float copy of it
+    again = pare.run(recipe, tmp_path / "run", resume=True)
+    assert again["stages"][1]["metrics"] == stage["metrics"]

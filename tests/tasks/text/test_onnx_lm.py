@@ -137,7 +137,7 @@ def test_a_tied_table_gathers_its_rows_from_the_head_codes(tmp_path, bits, symme
     names = [n for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear)]
     wrap_layers(lm, dict.fromkeys(names, spec))
     codes_before = quant_layers(lm)["lm_head"].quantized.codes.clone()
-    assert follow_quantized_heads(lm) == ["model.embed_tokens"]
+    assert follow_quantized_heads(lm) == {"model.embed_tokens": "lm_head"}
     head = quant_layers(lm)["lm_head"]
     assert torch.equal(head.quantized.codes, codes_before)  # pinned: rounding again changes nothing
     assert torch.equal(lm.model.embed_tokens.weight, head.weight_q)
