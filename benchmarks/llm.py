@@ -336,13 +336,6 @@ def main() -> None:
             increase("int3 GPTQ g64, accuracy 0") <= increase("int3 RTN g64, accuracy 0") / 3,
         ),
         target(
-            "GPTQ calibration memory",
-            "GPTQ 4-bit with blocks on disk, max_memory = half the fp32 checkpoint: peak RSS above the "
-            "process's after imports <= that half, codes equal to GPTQ in memory (value: peak / fp32 bytes)",
-            on_disk["peak_above_imports_bytes"] / on_disk["fp32_bytes"],
-            on_disk["peak_above_imports_bytes"] <= on_disk["max_memory_bytes"] and on_disk["codes_equal"],
-        ),
-        target(
             "pare RTN vs ONNX Runtime's RTN",
             "pare's perplexity increase <= ONNX Runtime quantizer's + 0.05 (same scheme)",
             by["int4 RTN g64, accuracy 0"]["metrics"]["perplexity_increase"]

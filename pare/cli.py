@@ -63,14 +63,15 @@ def _cmd_validate(args) -> None:
 
 def _cmd_generate(args) -> None:
     from pare.errors import ConfigError
+    from pare.export.onnx_lm import STAGE_GRAPH, OrtCausalLM
     from pare.generate import DEFAULT_PROMPTS, causal_backbone, greedy
     from pare.models.hf import CausalLM, load_tokenizer, source
     from pare.recipes.pipeline import stage_model
 
-    from pare.export.onnx_lm import STAGE_GRAPH, OrtCausalLM
-
     folder = Path(args.stage)
-    if (folder / "model.onnx").exists() and (folder / "config.json").exists():  # pare checkpoint --format onnx
+    if (folder / "model.onnx").exists() and (
+        folder / "config.json"
+    ).exists():  # pare checkpoint --format onnx
         model, tokenizer = CausalLM(OrtCausalLM(folder / "model.onnx")), load_tokenizer(folder)
         name, runtime, prompts = folder.name, "onnxruntime", args.prompt or list(DEFAULT_PROMPTS)
     else:

@@ -298,6 +298,8 @@ def layer_by_layer(
     With ``offload`` the blocks are read from disk one at a time (streamed through whole-model
     passes, held while their groups are calibrated) and written back once calibrated."""
     probe = batches[0][:1] if isinstance(batches[0], torch.Tensor) else batches[0]  # one row shows the order
+    if probe.dim() == 2 and not probe.is_floating_point():
+        probe = probe[:, :8]  # and a few of its tokens: an LLM's logits for the whole window weigh 50 MB
     streaming = offload.streaming if offload is not None else list
     groups, repeated = layer_groups(model, names, probe, streaming())
     order = [n for g in groups for n in g]

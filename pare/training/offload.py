@@ -15,6 +15,7 @@ budget, in one file per batch read back as each batch is used.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
@@ -158,6 +159,7 @@ class DiskBlocks:
         for t in tensors.values():
             t.data = _empty(t)
         self.loaded.discard(block)
+        return_freed_memory()
 
     def hold(self, block: str) -> nn.Module:
         """Load ``block`` and keep it in memory through whole-model passes until ``let_go``."""
@@ -182,6 +184,27 @@ class DiskBlocks:
             hooks.append(m.register_forward_pre_hook(lambda mod, args, b=b: void(self.load(b))))
             hooks.append(m.register_forward_hook(lambda mod, args, out, b=b: self.release(b)))
         return hooks
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed inside the heap back to the system (glibc's ``malloc_trim``). glibc
+    raises its mmap threshold as large blocks are freed, so a block's tensors, loaded and freed
+    in turn, come from the heap and would stay resident: measured on SmolLM2, RSS grew by 1.3 GB
+    over one streamed pass of its 30 blocks without this, not at all with it."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc only)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
 
 
 def void(_) -> None:

@@ -86,8 +86,15 @@ def layer_specs(model: nn.Module, config: QuantizeConfig) -> tuple[dict[str, Wei
     return specs, unsupported
 
 
+GPTQ_TOKENS = 16_384  # fewer calibration tokens than this and GPTQ's Hessians are poorly estimated
+BATCH_TOKENS = 2_048  # token rows per calibration batch: what one batch costs inside a block
+
+
 def calibration_batches(ctx, config: QuantizeConfig, batch_size: int = 64):
-    """Calibration samples: a seeded draw from the training split, never from test."""
+    """Calibration samples: a seeded draw from the training split, never from test. Token rows
+    (a language model's windows) go in batches of about ``BATCH_TOKENS`` tokens: inside a block
+    a batch's attention scores grow with rows x length^2 (64 windows of 256 tokens: 150 MB per
+    score tensor in SmolLM2), which is what bounds calibration's memory after the weights."""
     X = get_task(ctx.split.kind).inputs(ctx.split.train.X)
     if len(X) < config.calibration_samples:
         warnings.warn(
@@ -101,6 +108,16 @@ def calibration_batches(ctx, config: QuantizeConfig, batch_size: int = 64):
     sample = X[order]
     if not torch.isfinite(sample).all():
         raise DataError("quantize: calibration data contains NaN or infinite values; clean the training data")
+    tokens = sample.dim() == 2 and not sample.is_floating_point()
+    if tokens:
+        batch_size = max(1, BATCH_TOKENS // sample.shape[1])
+        if config.method == "gptq" and sample.numel() < GPTQ_TOKENS:
+            warnings.warn(
+                f"quantize: GPTQ calibrates on {sample.numel():,} tokens ({len(sample)} windows of "
+                f"{sample.shape[1]}); its Hessians need at least {GPTQ_TOKENS:,} (the GPTQ paper used "
+                f"128 x 2,048): raise calibration_samples",
+                stacklevel=2,
+            )
     return [sample[i : i + batch_size] for i in range(0, len(sample), batch_size)]
 
 

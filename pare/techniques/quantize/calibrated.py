@@ -122,15 +122,18 @@ def _group_params(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torc
 
 
 def _inverse_hessian_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1, damping more until H is positive definite."""
-    mean_diag = h.diagonal().mean().clamp(min=1e-12)
+    """Upper Cholesky factor of H^-1, damping more until H is positive definite (``h``'s diagonal
+    is overwritten)."""
+    diag = h.diagonal().clone()
+    mean_diag = diag.mean().clamp(min=1e-12)
     for attempt in range(4):
-        damped = h.clone()  # H + d I without an identity matrix: one (in, in) copy fewer
-        damped.diagonal().add_(damp * (10**attempt) * mean_diag)
-        chol, info = torch.linalg.cholesky_ex(damped)
-        del damped
+        # H + d I damped in place (``h`` is GPTQ's own copy): no identity, no second (in, in) copy
+        torch.add(diag, damp * (10**attempt) * mean_diag, out=h.diagonal())
+        chol, info = torch.linalg.cholesky_ex(h)
         if info == 0:
-            return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+            inverse = torch.cholesky_inverse(chol)
+            del chol
+            return torch.linalg.cholesky(inverse, upper=True)
     raise PareError(
         f"GPTQ: the input Hessian of layer {name!r} is not positive definite even with damping "
         f"{damp * 1000:g} x mean diagonal; raise damp or give more (varied) calibration samples"
@@ -165,7 +168,7 @@ def gptq(
     w[:, dead] = 0
     n = w.shape[1]
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(n)
-    w, h = w[:, perm], h[perm][:, perm]
+    w, h = w[:, perm], h[perm[:, None], perm]  # one (in, in) copy, not two
     col_scale = scales[:, perm // width]  # each column keeps its original group's scale
     col_zero = zeros[:, perm // width]
     hinv = _inverse_hessian_factor(h, damp, name)
