@@ -186,7 +186,8 @@ def test_a_held_folder_is_refused_by_pid(reference, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_runs_into_one_folder(tmp_path):
-    slow = {**RECIPE, "train": {**RECIPE["train"], "epochs": 300, "patience": None}}
+    # long enough that the second run (a new interpreter importing torch) starts while it holds the lock
+    slow = {**RECIPE, "train": {**RECIPE["train"], "epochs": 1000, "patience": None}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(slow))
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "pare.cli", "run", str(tmp_path / "r.yaml"), "--out", str(out)]
