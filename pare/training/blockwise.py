@@ -41,7 +41,9 @@ class _Stop(Exception):
     """Raised by a hook once a group has seen its inputs: the rest of the pass is not needed."""
 
 
-def layer_groups(model: nn.Module, names: list[str], batch, streaming=()) -> tuple[list[list[str]], set[str]]:
+def layer_groups(
+    model: nn.Module, names: list[str], batch, streaming: Callable[[], list] = list
+) -> tuple[list[list[str]], set[str]]:
     """``names`` in the order one forward pass calls them (modules not called dropped), grouped
     where consecutive layers read the very same tensor; and the layers called more than once."""
     calls: list[tuple[str, torch.Tensor]] = []
@@ -49,7 +51,7 @@ def layer_groups(model: nn.Module, names: list[str], batch, streaming=()) -> tup
         model.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, args[0])))
         for n in names
     ]
-    run_batches(model, [batch], [*handles, *streaming])
+    run_batches(model, [batch], [*handles, *streaming()])
     counts: dict[str, int] = {}
     for n, _ in calls:
         counts[n] = counts.get(n, 0) + 1
@@ -183,7 +185,9 @@ def find_blocks(model: nn.Module, order: list[str]) -> list[str] | None:
     return best if ranks == sorted(ranks) else None
 
 
-def _capture(model: nn.Module, blocks: list[str], batches, stop: bool, streaming=()) -> tuple[list, list]:
+def _capture(
+    model: nn.Module, blocks: list[str], batches, stop: bool, streaming: Callable[[], list] = list
+) -> tuple[list, list]:
     """Per block, per batch: the (args, kwargs) it was called with, from one whole-model pass
     (with ``stop``, ended once the last block has its arguments: an LLM's output head, a fifth
     of SmolLM2's forward, need not run), the hidden states (the first argument) left out; and
@@ -204,7 +208,7 @@ def _capture(model: nn.Module, blocks: list[str], batches, stop: bool, streaming
         )
         for i, b in enumerate(blocks)
     ]
-    run_batches(model, batches, [*handles, *streaming])
+    run_batches(model, batches, [*handles, *streaming()])
     for i, c in enumerate(calls):
         if len(c) != len(batches) or not all(a for a, _ in c):
             raise UnsupportedModelError(
@@ -301,7 +305,7 @@ def layer_by_layer(
     if probe.dim() == 2 and not probe.is_floating_point():
         probe = probe[:, :8]  # and a few of its tokens: an LLM's logits for the whole window weigh 50 MB
     streaming = offload.streaming if offload is not None else list
-    groups, repeated = layer_groups(model, names, probe, streaming())
+    groups, repeated = layer_groups(model, names, probe, streaming)
     order = [n for g in groups for n in g]
     stop = not repeated  # a layer called twice per pass needs the whole pass
     blocks = find_blocks(model, order)
@@ -320,9 +324,9 @@ def layer_by_layer(
     first = groups.index(inside[0])
     for group in groups[:first]:  # before the blocks: changing them changes the blocks' inputs
         yield group, model_feed(model, group, batches, reference, stop, streaming)
-    calls, hidden = _capture(model, blocks, batches, stop, streaming())
+    calls, hidden = _capture(model, blocks, batches, stop, streaming)
     ref_calls, ref_hidden = (
-        _capture(reference, blocks, batches, stop, streaming()) if reference is not None else (None, None)
+        _capture(reference, blocks, batches, stop, streaming) if reference is not None else (None, None)
     )
     if offload is not None:  # the captured inputs go where the outputs will
         offload.plan(hidden, 1 if reference is None else 2)
