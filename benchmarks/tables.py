@@ -293,8 +293,10 @@ def llm(r: dict) -> str:
                 "—" if baseline else f"{100 * m['same_top_token']:.1f} %",
                 size(row["size_bytes"]),
                 f"{row['size_ratio']:.2f}×",
-                f"{row['prefill_ms']:.0f}",
-                f"{row['decode_tokens_per_s']:.1f} ({row['decode_ratio']:.2f}×)",
+                f"{row['prefill_ms']:.0f}" if row["prefill_ms"] else "—",
+                f"{row['decode_tokens_per_s']:.1f} ({row['decode_ratio']:.2f}×)"
+                if row["prefill_ms"]
+                else "—",
                 f"{row['seconds']:.0f}",
             ]
         )

@@ -322,10 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="a new folder for the weights, config.json and the tokenizer")
     c.add_argument(
         "--format",
-        choices=["compressed-tensors", "onnx"],
+        choices=["compressed-tensors", "gptq", "onnx"],
         default="compressed-tensors",
-        help="compressed-tensors pack-quantized safetensors, or model.onnx with a KV cache and "
-        "MatMulNBits 4/8-bit layers",
+        help="compressed-tensors pack-quantized safetensors, the GPTQ layout (qweight/qzeros/scales; "
+        "symmetric 2/4/8-bit, one scheme), or model.onnx with a KV cache and MatMulNBits 4/8-bit layers",
     )
     c.add_argument(
         "--accuracy-level",

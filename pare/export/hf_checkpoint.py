@@ -10,7 +10,9 @@ of targets per distinct scheme, so mixed precision stays exact. The codes and sc
 own, written as they are: the weights transformers decodes equal pare's dequantized ones.
 transformers (with the compressed-tensors package) loads symmetric folders as they are and
 asymmetric ones with ``CompressedTensorsConfig(dequantize=True)``: its compressed layout has no
-place for packed zero points yet (vllm-project/llm-compressor#1618).
+place for packed zero points yet (vllm-project/llm-compressor#1618). The GPTQ layout
+(``pare.export.gptq_checkpoint``) is the other format written here, through the same folder
+writer.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from pare.errors import ConfigError, UnsupportedModelError
+from pare.export.gptq_checkpoint import gptq_config, gptq_problem, gptq_tensors
 from pare.formats.packed import pack_bits
 from pare.formats.schemes import QuantizedWeight, WeightSpec
 from pare.io import atomic_write_json
@@ -36,10 +41,8 @@ FORMAT = "pack-quantized"
 CONV1D_MODELS = {"gpt2", "openai-gpt"}
 
 
-def checkpoint_problem(config, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]) -> str | None:
+def checkpoint_problem(model, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]) -> str | None:
     """Why these weights cannot be written in the format (None: they can)."""
-    if config.model_type in CONV1D_MODELS:
-        return f"{config.model_type}'s Conv1D layers have no compressed-tensors layout"
     for name, (q, spec) in quantized.items():
         if spec.scheme != "affine" or spec.granularity == "per_tensor":
             return f"{name}: scheme {spec.scheme!r} {spec.granularity} is not a per-channel or per-group integer grid"
@@ -125,8 +128,8 @@ def quantization_config(model: nn.Module, quantized: dict[str, tuple[QuantizedWe
     }
 
 
-def _tensors_and_config(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]):
-    """model.safetensors' tensors and config.json's content: quantized weights as the format's
+def _tensors_and_config(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]], layout):
+    """model.safetensors' tensors and config.json's content: quantized weights as the layout's
     tensors, everything else as it is; a tied output layer stored once unless it is quantized."""
     config = model.config.to_dict()
     state = model.state_dict()
@@ -142,15 +145,27 @@ def _tensors_and_config(model: nn.Module, quantized: dict[str, tuple[QuantizedWe
         if name in quantized:
             q, spec = quantized[name]
             prefix = name.removesuffix("weight")
-            for key, t in _weight_tensors(q, spec, value.shape, dtype).items():
+            for key, t in layout.tensors(q, spec, value.shape, dtype).items():
                 tensors[prefix + key] = t
         else:
             tensors[name] = value.detach().contiguous()
     if quantized:
-        config["quantization_config"] = quantization_config(model, quantized)
+        config["quantization_config"] = layout.config(model, quantized)
     else:
         config.pop("quantization_config", None)  # a GGUF file's: its weights are float now
     return tensors, config
+
+
+class Layout(NamedTuple):
+    problem: Callable  # (model, quantized) -> why it cannot be written, or None
+    tensors: Callable  # (codes, spec, weight shape, dtype) -> the layer's tensors, by suffix
+    config: Callable  # (model, quantized) -> config.json's quantization_config
+
+
+LAYOUTS = {
+    "compressed-tensors": Layout(checkpoint_problem, _weight_tensors, quantization_config),
+    "gptq": Layout(gptq_problem, gptq_tensors, gptq_config),
+}
 
 
 def write_checkpoint(
@@ -158,16 +173,22 @@ def write_checkpoint(
     quantized: dict[str, tuple[QuantizedWeight, WeightSpec]],
     folder: Path,
     tokenizer=None,
+    fmt: str = "compressed-tensors",
 ) -> int:
     """``model`` (a transformers causal LM, its Linear weights pare's dequantized ones) as the new
     Hugging Face folder ``folder``: config.json, model.safetensors, generation_config.json and the
-    tokenizer; pack-quantized for the parameters ``quantized`` names (-> codes and spec), plain
-    float safetensors when it names none. Written into a temporary sibling and renamed, so
-    ``folder`` is either complete or absent. Returns the folder's bytes."""
-    problem = checkpoint_problem(model.config, quantized)
+    tokenizer; the parameters ``quantized`` names (-> codes and spec) in layout ``fmt``
+    (``compressed-tensors`` pack-quantized or ``gptq``), plain float safetensors when it names
+    none. Written into a temporary sibling and renamed, so ``folder`` is either complete or
+    absent. Returns the folder's bytes."""
+    layout = LAYOUTS[fmt]
+    if model.config.model_type in CONV1D_MODELS:
+        problem = f"{model.config.model_type}'s Conv1D layers have no {fmt} layout"
+    else:
+        problem = layout.problem(model, quantized) if quantized else None
     if problem:
-        raise UnsupportedModelError(f"cannot write a compressed-tensors checkpoint: {problem}")
-    tensors, config = _tensors_and_config(model, quantized)
+        raise UnsupportedModelError(f"cannot write a {fmt} checkpoint: {problem}")
+    tensors, config = _tensors_and_config(model, quantized, layout)
     with new_folder(folder) as tmp:
         # not save_pretrained: transformers refuses to save a model it read from a GGUF file
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -194,7 +215,10 @@ def new_folder(folder: Path):
 def write_model_files(model: nn.Module, folder: Path, tokenizer=None, config: dict | None = None) -> None:
     """config.json, generation_config.json and the tokenizer's files: what a loader reads beside
     the weights."""
-    atomic_write_json(folder / "config.json", config or model.config.to_dict())  # (its encoder of dtypes)
+    config = dict(config or model.config.to_dict())
+    # a GGUF file's config names no architecture: without one a loader cannot tell a causal LM
+    config["architectures"] = config.get("architectures") or [type(model).__name__]
+    atomic_write_json(folder / "config.json", config)  # (its encoder of dtypes)
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         atomic_write_json(folder / "generation_config.json", json.loads(generation.to_json_string()))

@@ -2,6 +2,8 @@
 rebuilt from its run folder, its quantized Linear layers written with their own codes and
 scales, everything else as it is. ``compressed-tensors``: a Hugging Face folder transformers
 loads (in the format vLLM serves; not tried with vLLM here), ``pare.export.hf_checkpoint``.
+``gptq``: the same folder in the GPTQ layout (qweight/qzeros/scales/g_idx),
+``pare.export.gptq_checkpoint``.
 ``onnx``: model.onnx with a KV cache and MatMulNBits layers for ONNX Runtime,
 ``pare.export.onnx_lm``."""
 
@@ -25,7 +27,7 @@ def stage_checkpoint(
     stage_folder: Path, out: Path, fmt: str = "compressed-tensors", accuracy_level: int = 0
 ) -> tuple[str, int]:
     """Write the stage in ``stage_folder`` into the new folder ``out`` in format ``fmt``
-    (``compressed-tensors`` or ``onnx``): (stage name, bytes)."""
+    (``compressed-tensors``, ``gptq`` or ``onnx``): (stage name, bytes)."""
     model, recipe, name = stage_model(stage_folder)
     if causal_backbone(model) is None:
         raise UnsupportedModelError(
@@ -61,4 +63,4 @@ def lm_checkpoint(
     # weights for whatever the format keeps in float
     if fmt == "onnx":
         return write_onnx_folder(merge_all(lm), quantized, out, tokenizer, accuracy_level)
-    return write_checkpoint(merge_all(lm), quantized, out, tokenizer)
+    return write_checkpoint(merge_all(lm), quantized, out, tokenizer, fmt)

@@ -139,3 +139,86 @@ def test_smollm2_from_gguf_is_written_4_bit(tmp_path):
     assert (got - want).abs().max() < 1e-3 and torch.equal(got.argmax(-1), want.argmax(-1))
     # fp32 safetensors hold 538 MB; the float token table (tied to the head) alone is 113 MB
     assert 150e6 < size < 190e6
+
+
+@pytest.mark.slow
+def test_gptq_layout_is_written_and_read_back_as_an_input_model(quantized_run):
+    """The GPTQ stage in the GPTQ layout: the tensors GPTQ loaders expect, decoded by pare's
+    reader (shifts on the int32 words, g_idx gathers) to pare's logits within float16 scales;
+    and the folder is a model a recipe can start from."""
+    from pare.models.hf import CausalLM, load_hf
+
+    folder = quantized_run / "run" / "stages" / "01-gptq4"
+    out = quantized_run / "gptq-01"
+    assert main(["checkpoint", str(folder), "--out", str(out), "--format", "gptq"]) == 0
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "gptq" and config["checkpoint_format"] == "gptq"
+    assert (config["bits"], config["group_size"], config["sym"], config["desc_act"]) == (4, 16, True, False)
+    assert config["lm_head"] is True  # the stage quantized the tied head too
+    with safe_open(out / "model.safetensors", "pt") as f:
+        prefix = "model.layers.0.mlp.down_proj."  # (32 out, 64 in) weights, 4 groups of 16
+        assert f.get_tensor(prefix + "qweight").shape == (64 * 4 // 32, 32)
+        assert f.get_tensor(prefix + "qweight").dtype == torch.int32
+        assert f.get_tensor(prefix + "qzeros").shape == (4, 32 * 4 // 32)
+        assert f.get_tensor(prefix + "scales").dtype == torch.float16
+        assert torch.equal(f.get_tensor(prefix + "g_idx"), torch.arange(64, dtype=torch.int32) // 16)
+        # symmetric 4-bit: every zero point is 8, stored as 7 (v1), eight to a word
+        assert (f.get_tensor(prefix + "qzeros") == 0x77777777).all()
+        assert not any(k.endswith("down_proj.weight") for k in f)
+    ours, _, _ = stage_model(folder)
+    loaded = CausalLM(load_hf(out)).eval()
+    ids = torch.randint(0, 384, (2, 24), generator=torch.Generator().manual_seed(0))
+    got, want = _logits(loaded, ids), _logits(ours, ids)
+    assert (got - want).abs().max() < 2e-3 * want.abs().max()  # scales rounded to float16
+    assert not torch.allclose(
+        got, _logits(stage_model(quantized_run / "run" / "stages" / "00-baseline")[0], ids)
+    )
+
+
+@pytest.mark.slow
+def test_a_compressed_tensors_folder_is_read_as_an_input_model(quantized_run):
+    from transformers import AutoModelForCausalLM
+
+    from pare.models.hf import load_hf
+
+    folder = quantized_run / "run" / "stages" / "01-gptq4"
+    out = quantized_run / "ct-input"
+    assert main(["checkpoint", str(folder), "--out", str(out)]) == 0
+    model = load_hf(out)  # decoded to float Linear layers, as a GGUF file is
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear
+    ids = torch.randint(0, 384, (1, 16), generator=torch.Generator().manual_seed(2))
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert torch.allclose(_logits(model, ids), _logits(loaded, ids), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_gptq_layout_refuses_what_it_cannot_hold(quantized_run, capsys):
+    out = quantized_run / "gptq-02"
+    stage = quantized_run / "run" / "stages" / "02-rtn3-asym"
+    assert main(["checkpoint", str(stage), "--out", str(out), "--format", "gptq"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write a gptq checkpoint" in err and "asymmetric codes" in err
+    assert "write --format compressed-tensors instead" in err
+    assert not out.exists()
+
+
+def test_gptq_words_hold_codes_lowest_bits_first():
+    from pare.export.gptq_checkpoint import _pack_along_rows, read_gptq_layer
+
+    rng = np.random.default_rng(0)
+    for bits in (2, 4, 8):
+        per_word = 32 // bits
+        codes = rng.integers(0, 2**bits, (2 * per_word, per_word))  # (in K, out N)
+        words = _pack_along_rows(codes, bits).numpy().view(np.uint32)
+        assert words.shape == (2, per_word)
+        # word 0 of column 0 holds input rows 0 .. per_word - 1, row j from bit j * bits
+        assert words[0, 0] == sum(int(codes[j, 0]) << (bits * j) for j in range(per_word))
+        zero = 2 ** (bits - 1)
+        layer = {
+            "qweight": torch.from_numpy(words.view(np.int32)),
+            "qzeros": _pack_along_rows(np.full((per_word, 1), zero - 1), bits).T.contiguous(),  # v1: zero - 1
+            "scales": torch.full((1, per_word), 0.5, dtype=torch.float16),
+            "g_idx": torch.zeros(2 * per_word, dtype=torch.int32),
+        }
+        weight = read_gptq_layer(layer, bits)  # (out N, in K)
+        assert torch.equal(weight, torch.from_numpy((codes.T - zero) * 0.5).float())

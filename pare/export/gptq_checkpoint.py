@@ -1,0 +1,109 @@
+"""The GPTQ checkpoint layout (AutoGPTQ's, GPTQModel's ``checkpoint_format: gptq``: what
+transformers with optimum, vLLM and TGI read), written from pare's codes and read back.
+
+Per quantized Linear ``L`` (out N, in K, groups G): ``L.qweight`` int32 (K * bits / 32, N), the
+unsigned codes packed along the input dimension, lowest bits first; ``L.qzeros`` int32
+(G, N * bits / 32), packed along the output dimension, each stored as zero - 1 (the v1
+convention loaders undo); ``L.scales`` float16 (G, N); ``L.g_idx`` int32 (K,), each input column's
+group. pare's symmetric codes are signed: offset by 2^(bits-1), with that zero point they are the
+same weights. config.json's ``quantization_config`` names one scheme for every quantized layer
+(bits, group_size, sym, desc_act, lm_head), so the layout holds symmetric 2/4/8-bit grids of one
+scheme over every Linear of the decoder blocks; the rest is refused by name, with the
+compressed-tensors format as the fix. Scales round to float16 here, as in every GPTQ checkpoint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pare.formats.schemes import QuantizedWeight, WeightSpec
+
+BITS = (2, 4, 8)  # 3-bit GPTQ packs codes across word boundaries: a layout of its own, not written
+
+
+def gptq_problem(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]) -> str | None:
+    """Why these weights cannot be written in the layout (None: they can)."""
+    fix = "; write --format compressed-tensors instead"
+    schemes = {
+        (s.bits, s.granularity, s.group_size if s.granularity == "per_group" else -1)
+        for _, s in quantized.values()
+    }
+    if len(schemes) > 1:
+        return f"one scheme per checkpoint, these layers use {len(schemes)}: {sorted(schemes)}{fix}"
+    head = model.get_output_embeddings()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and m is not head and f"{name}.weight" not in quantized:
+            return f"{name} is a float Linear layer; the layout quantizes every Linear of the decoder blocks{fix}"
+    for name, (q, spec) in quantized.items():
+        out_features, in_features = q.dequantized.shape
+        per_word = 32 // spec.bits if spec.bits in BITS else 0
+        if spec.scheme != "affine" or spec.granularity == "per_tensor" or "input_scale" in q.params:
+            return f"{name}: only RTN/GPTQ per-channel or per-group integer grids have this layout{fix}"
+        if not spec.symmetric:
+            return f"{name}: asymmetric codes (v1 stores zero - 1, which a zero of 0 cannot hold){fix}"
+        if not per_word:
+            return f"{name}: {spec.bits}-bit codes; the layout is written for {', '.join(map(str, BITS))} bits{fix}"
+        if in_features % per_word or out_features % per_word:
+            return (
+                f"{name}: shape ({out_features}, {in_features}) does not pack {per_word} codes per int32{fix}"
+            )
+    return None
+
+
+def _pack_along_rows(unsigned: np.ndarray, bits: int) -> torch.Tensor:
+    """(R, C) codes in [0, 2^bits) -> (R * bits / 32, C) int32: word r holds rows r*k .. r*k+k-1."""
+    per_word = 32 // bits
+    rows, cols = unsigned.shape
+    parts = unsigned.astype(np.uint32).reshape(rows // per_word, per_word, cols)
+    words = np.zeros((rows // per_word, cols), dtype=np.uint32)
+    for j in range(per_word):
+        words |= parts[:, j] << np.uint32(bits * j)
+    return torch.from_numpy(words.view(np.int32))
+
+
+def gptq_tensors(q: QuantizedWeight, spec: WeightSpec, shape, dtype) -> dict[str, torch.Tensor]:
+    out_features, in_features = shape
+    offset = 2 ** (spec.bits - 1)
+    codes = q.codes.reshape(out_features, in_features).numpy().astype(np.int64) + offset
+    scale = q.params["scale"].reshape(out_features, -1)
+    groups = scale.shape[1]
+    group = in_features // groups
+    zeros = np.full((out_features, groups), offset - 1, dtype=np.int64)  # v1: zero - 1
+    return {
+        "qweight": _pack_along_rows(codes.T, spec.bits),
+        "qzeros": _pack_along_rows(zeros, spec.bits).T.contiguous(),
+        "scales": scale.T.to(torch.float16).contiguous(),
+        "g_idx": torch.arange(in_features, dtype=torch.int32) // group,
+    }
+
+
+def gptq_config(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]) -> dict:
+    spec = next(iter(quantized.values()))[1]
+    head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
+    return {
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+        "bits": spec.bits,
+        "group_size": spec.group_size if spec.granularity == "per_group" else -1,
+        "sym": True,
+        "desc_act": False,  # pare's act-order keeps every column in its original group
+        "lm_head": f"{head}.weight" in quantized,
+        "static_groups": False,
+        "true_sequential": True,
+    }
+
+
+def read_gptq_layer(tensors: dict[str, torch.Tensor], bits: int) -> torch.Tensor:
+    """A layer's float weight (out, in) from its qweight, qzeros, scales and g_idx: shifts and
+    masks on the int32 words, the v1 zero + 1, scales and zeros gathered per input column."""
+    mask = 2**bits - 1
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    qweight, qzeros = tensors["qweight"], tensors["qzeros"]
+    codes = (qweight[:, None, :] >> shifts[None, :, None]) & mask  # (K/k, k, N)
+    codes = codes.reshape(-1, qweight.shape[1])  # (K, N)
+    zeros = ((qzeros[:, :, None] >> shifts[None, None, :]) & mask).reshape(qzeros.shape[0], -1) + 1
+    g = tensors["g_idx"].long()
+    scales = tensors["scales"].float()
+    return ((codes - zeros[g]).float() * scales[g]).T.contiguous()
