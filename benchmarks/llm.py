@@ -7,13 +7,16 @@ fp32 torch model: perplexity, its increase (with a paired 95 % interval), the KL
 next-token distributions (a lower bound over the baseline's top 32 tokens) and the share of
 positions with the same top token. Speed is what a user of LLMs reads: prefill milliseconds for
 a prompt and greedy decode tokens per second at batch 1 through the KV cache, every row timed in
-turn, round after round, on the same threads; ratios against fp32 in the same runtime.
+turn, round after round, on the same threads; ratios against fp32 in the same runtime. pare's
+rows also give the quantize stage's peak resident memory above the process's before it (the
+stage's own copy of the fp32 model, 538 MB, included: ``pare.compress`` leaves its input intact).
 
 Rows: fp32 in torch and in ONNX Runtime; pare's RTN 4-bit (symmetric, group 64; the tied head
 float) as MatMulNBits at accuracy level 0 (float32 compute) and 4 (int8 compute); ONNX Runtime's
 ``MatMulNBitsQuantizer`` (RTN, the same scheme, the head left out) on pare's fp32 graph; pare's
 GPTQ at 4 bits and RTN and GPTQ at 3 bits (same scheme; 3-bit codes ship in 4-bit containers,
-so they are as big and as fast as 4-bit: the rows compare quality); RTN 4-bit with the tied head
+so they are as big and as fast as 4-bit: the rows compare quality); AWQ at 4 and 3 bits (its
+per-input scales a ``Mul`` before each MatMulNBits); RTN 4-bit with the tied head
 quantized too, at 4 or 8 bits, and the token table following it (GatherBlockQuantized on the
 head's codes: the 49,152 x 576 matrix, a fifth of the weights, is in the file once, in 4 or 8
 bits; SmolLM2's GGUF stores it at 8 bits); int8 per-channel weight-only as MatMulNBits at
@@ -64,6 +67,7 @@ from pare.recipes.checkpoint import lm_checkpoint  # noqa: E402
 from pare.recipes.pipeline import recipe_model, recipe_splits  # noqa: E402
 from pare.tasks import get_task  # noqa: E402
 from pare.techniques.quantize.apply import quant_layers  # noqa: E402
+from pare.training.offload import PeakRSS  # noqa: E402
 
 MODEL = "SmolLM2-135M"
 INT4 = {
@@ -78,8 +82,6 @@ LLMCOMPRESSOR = "int4 GPTQ g64 (llm-compressor GPTQModifier)"
 # llm-compressor pins transformers <= 5.17: it runs in a virtual environment of its own
 LLMCOMPRESSOR_VENV = Path(HERE).parent / ".venv-llmcompressor"
 NOT_RUN = {
-    "pare AWQ": "its per-channel input scales are not folded into the norms before them yet, so an AWQ "
-    "stage has no MatMulNBits graph (pare exports it in float)",
     "pare GPTQ with input_drift": "the float reference runs beside every block: twice the calibration "
     "time of the rows here",
     "ONNX Runtime GPTQ config (GPTQWeightOnlyQuantConfig)": "runs the whole graph once per distinct MatMul "
@@ -254,7 +256,7 @@ def main() -> None:
     task = get_task("language_model")
     tmp = Path(tempfile.mkdtemp(prefix="pare-llm-"))
 
-    artifacts, seconds = {}, {}
+    artifacts, seconds, peaks = {}, {}, {}  # peaks: quantize's resident memory above its start
     t0 = time.perf_counter()
     fp32_onnx = tmp / "fp32.onnx"
     artifacts["fp32"] = export_causal_lm(copy.deepcopy(model.model).eval(), fp32_onnx)
@@ -267,11 +269,15 @@ def main() -> None:
         "tied4": ({**INT4, "exclude": []}, (0, 4)),
         "tied8": ({**INT4, "exclude": [], "overrides": {"model.lm_head": {"bits": 8}}}, (4,)),
         "gptq3": ({**INT4, **GPTQ, "bits": 3, "calibration_samples": calibration}, (0,)),
+        "awq": ({**INT4, "method": "awq", "calibration_samples": calibration}, (0,)),
+        "awq3": ({**INT4, "method": "awq", "bits": 3, "calibration_samples": calibration}, (0,)),
         "int8": ({**INT4, "bits": 8, "granularity": "per_channel"}, (0, 4)),
     }
     for key, (config, levels) in quantized.items():
         t0 = time.perf_counter()
-        q, info = stage(model, "quantize", config, split)
+        with PeakRSS() as mem:
+            q, info = stage(model, "quantize", config, split)
+        peaks[key] = mem.peak - mem.start
         if key.startswith("tied"):  # the stage makes the table follow the quantized head
             assert info["tied_heads"] == {"model.model.embed_tokens": "model.lm_head"}
         if key == "gptq":
@@ -316,8 +322,10 @@ def main() -> None:
         "int4 RTN g64, accuracy 4": (pare_graph("rtn-acc4"), "onnxruntime", "pare", "rtn-acc4"),
         "int4 RTN g64 (MatMulNBitsQuantizer)": (session(ort_rtn), "onnxruntime", "onnxruntime", "ort-rtn"),
         "int4 GPTQ g64, accuracy 0": (pare_graph("gptq-acc0"), "onnxruntime", "pare", "gptq-acc0"),
+        "int4 AWQ g64, accuracy 0": (pare_graph("awq-acc0"), "onnxruntime", "pare", "awq-acc0"),
         "int3 RTN g64, accuracy 0": (pare_graph("rtn3-acc0"), "onnxruntime", "pare", "rtn3-acc0"),
         "int3 GPTQ g64, accuracy 0": (pare_graph("gptq3-acc0"), "onnxruntime", "pare", "gptq3-acc0"),
+        "int3 AWQ g64, accuracy 0": (pare_graph("awq3-acc0"), "onnxruntime", "pare", "awq3-acc0"),
         "int8 per-channel, accuracy 0": (pare_graph("int8-acc0"), "onnxruntime", "pare", "int8-acc0"),
         "int8 per-channel, accuracy 4": (pare_graph("int8-acc4"), "onnxruntime", "pare", "int8-acc4"),
         "int8 weight-only (torchao)": (torchao_int8, "torch", "torchao", "torchao-int8"),
@@ -373,6 +381,7 @@ def main() -> None:
                 "prefill_ratio": timed and times[same_runtime]["prefill_ms"] / timed["prefill_ms"],
                 "tokens": q["tokens"],
                 "seconds": seconds[key],
+                "quantize_peak_bytes": peaks.get(key.rsplit("-acc", 1)[0]),
             }
         )
     by = {r["name"]: r for r in rows}
@@ -450,6 +459,10 @@ def main() -> None:
             ("decode tok/s", lambda r: f"{r['decode_tokens_per_s']:.1f}" if r["prefill_ms"] else "-"),
             ("decode x", lambda r: f"{r['decode_ratio']:.2f}" if r["prefill_ms"] else "-"),
             ("s", lambda r: f"{r['seconds']:.0f}"),
+            (
+                "peak MB",
+                lambda r: f"{r['quantize_peak_bytes'] / 1e6:.0f}" if r["quantize_peak_bytes"] else "-",
+            ),
         ],
     )
     print(

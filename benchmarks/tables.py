@@ -298,6 +298,7 @@ def llm(r: dict) -> str:
                 if row["prefill_ms"]
                 else "—",
                 f"{row['seconds']:.0f}",
+                size(row["quantize_peak_bytes"]) if row.get("quantize_peak_bytes") else "—",
             ]
         )
     header = ["variant", "tool", "runtime", "perplexity [95 % CI]", "increase [95 % CI]", "KL", "same top"]
@@ -307,6 +308,7 @@ def llm(r: dict) -> str:
         "prefill ms",
         "decode tokens/s (× fp32, same runtime)",
         "quantize + export s",
+        "quantize peak RSS",
     ]
     not_run = "\n".join(f"- {what}: {why}" for what, why in r.get("not_run", {}).items())
     mem = r.get("calibration_memory")

@@ -14,6 +14,9 @@ go into the next container (3-bit codes as 4-bit ones: exact, but as big as 4 bi
 A token table that holds a quantized layer's dequantized weight (a tied table that follows its
 quantized head, ``pare.techniques.quantize.tied``) becomes ``com.microsoft.GatherBlockQuantized``
 reading that layer's MatMulNBits codes and scales: the file holds the matrix once, in 4 or 8 bits.
+AWQ's codes are of W x s (one scale per input channel): its layers read their input times 1/s
+(a ``Mul``, K values per token, beside a K x N matmul), exact without folding s into the norm
+before them, which the layers behind a shared norm could not do with scales of their own.
 
 The float graph is exported first (torch.export through the dynamo exporter) and the MatMul of
 each quantized layer is found by its weight: the exporter folds the transposed weight into a
@@ -140,10 +143,10 @@ def _block_size(spec: WeightSpec, in_features: int, name: str) -> int:
 def matmul_nbits_tensors(q: QuantizedWeight, spec: WeightSpec, shape, name: str) -> dict:
     """MatMulNBits' B (N, blocks, bytes), scales (N * blocks) and, for asymmetric codes, packed
     zero points, plus its attributes, from pare's codes (out N, in K) and scales."""
-    if spec.scheme != "affine" or "input_scale" in q.params:
+    if spec.scheme != "affine":
         raise UnsupportedModelError(
-            f"{name}: only RTN/GPTQ integer grids run as MatMulNBits (scheme {spec.scheme!r}"
-            f"{', AWQ input scales' if 'input_scale' in q.params else ''}); export this stage in float"
+            f"{name}: only RTN/GPTQ/AWQ integer grids run as MatMulNBits (scheme {spec.scheme!r}); "
+            f"export this stage in float"
         )
     n, k = shape
     block = _block_size(spec, k, name)
@@ -166,6 +169,8 @@ def matmul_nbits_tensors(q: QuantizedWeight, spec: WeightSpec, shape, name: str)
         tensors["zero_points"] = _pack_low_first(padded, bits).reshape(-1)
         # GatherBlockQuantized reads one zero point per byte (its blocks lie along a last axis of 1)
         tensors["gather_zero_points"] = zero.astype(np.uint8).reshape(n, blocks, 1)
+    if "input_scale" in q.params:  # AWQ: the codes are of W x s; the layer's input is divided by s
+        tensors["input_scale_inv"] = (1 / q.params["input_scale"]).numpy().astype(np.float32)
     return {"tensors": tensors, "attrs": {"K": k, "N": n, "bits": bits, "block_size": block}}
 
 
@@ -208,7 +213,14 @@ def _gather_quantized(node, prefix: str, nbits: dict, constant) -> list:
             [f"{out}.shape"],
             axis=0,
         ),
-        helper.make_node("Reshape", [f"{out}.blocks", f"{out}.shape"], [out]),
+        *(
+            [
+                helper.make_node("Reshape", [f"{out}.blocks", f"{out}.shape"], [f"{out}.scaled"]),
+                helper.make_node("Mul", [f"{out}.scaled", constant("input_scale_inv")], [out]),
+            ]
+            if "input_scale_inv" in nbits["tensors"]  # AWQ: rows of the table are W x s
+            else [helper.make_node("Reshape", [f"{out}.blocks", f"{out}.shape"], [out])]
+        ),
     ]
 
 
@@ -256,6 +268,11 @@ def _use_matmul_nbits(graph, lm: nn.Module, quantized: dict, accuracy_level: int
         replaced.add(node.input[1])
         prefix = name.removesuffix(".weight")
         inputs = [node.input[0]]
+        if "input_scale_inv" in nbits["tensors"]:  # AWQ: an elementwise Mul, K values per token
+            inputs = [f"{prefix}.awq_input"]
+            nodes.append(
+                helper.make_node("Mul", [node.input[0], constant(prefix, nbits, "input_scale_inv")], inputs)
+            )
         inputs += [
             constant(prefix, nbits, p) for p in ("B", "scales", "zero_points") if p in nbits["tensors"]
         ]

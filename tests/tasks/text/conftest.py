@@ -70,7 +70,8 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quantized_run(tmp_path_factory):
-    """A run of the tiny Llama with a GPTQ 4-bit, an asymmetric RTN 3-bit and an int8 dynamic stage."""
+    """A run of the tiny Llama with a GPTQ 4-bit, an asymmetric RTN 3-bit, an int8 dynamic and
+    an AWQ 4-bit stage."""
     import pare
     from tests.tasks.text.test_causal_lm import lm_recipe
 
@@ -93,6 +94,14 @@ def quantized_run(tmp_path_factory):
         },
         {**weight_only, "name": "rtn3-asym", "bits": 3, "symmetric": False, "exclude": ["model.lm_head"]},
         {"technique": "quantize", "name": "int8-dynamic", "mode": "dynamic", "from": "baseline"},
+        {
+            **weight_only,
+            "name": "awq4",
+            "method": "awq",
+            "bits": 4,
+            "group_size": 16,
+            "calibration_samples": 16,
+        },
     ]
     pare.run(recipe, root / "run")
     return root

@@ -45,7 +45,9 @@ def _same_as_the_stage(stage_folder, onnx_folder, atol=1e-4):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "layers"), [("00-baseline", 0), ("01-gptq4", 15), ("02-rtn3-asym", 14)])
+@pytest.mark.parametrize(
+    ("stage", "layers"), [("00-baseline", 0), ("01-gptq4", 15), ("02-rtn3-asym", 14), ("04-awq4", 15)]
+)
 def test_onnx_runtime_runs_the_stage_with_its_own_codes(quantized_run, stage, layers):
     folder = quantized_run / "run" / "stages" / stage
     out = _onnx_folder(folder, quantized_run / f"onnx-{stage}")
@@ -54,8 +56,12 @@ def test_onnx_runtime_runs_the_stage_with_its_own_codes(quantized_run, stage, la
     if layers:
         attrs = {a.name: a.i for a in nodes[0].attribute}
         # 3-bit codes run in the 4-bit kernel (exact, as big as 4 bits); blocks are pare's groups
-        assert attrs["bits"] == 4 and attrs["block_size"] == (16 if stage == "01-gptq4" else 32)
+        assert attrs["bits"] == 4 and attrs["block_size"] == (32 if stage == "02-rtn3-asym" else 16)
         assert (len(nodes[0].input) == 4) is (stage == "02-rtn3-asym")  # zero points when asymmetric
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    # AWQ: every layer's input times 1/s, and the tied table's gathered rows too
+    scaled = [n for n in graph.node if n.op_type == "Mul" and n.input[1].endswith(".input_scale_inv")]
+    assert len(scaled) == (15 if stage == "04-awq4" else 0)
     _same_as_the_stage(folder, out)
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
 
@@ -119,8 +125,8 @@ def _initializer_bytes(path) -> int:
     return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(path)).graph.initializer)
 
 
-@pytest.mark.parametrize(("bits", "symmetric"), [(4, True), (8, False)])
-def test_a_tied_table_gathers_its_rows_from_the_head_codes(tmp_path, bits, symmetric):
+@pytest.mark.parametrize(("bits", "symmetric", "awq"), [(4, True, False), (8, False, False), (4, True, True)])
+def test_a_tied_table_gathers_its_rows_from_the_head_codes(tmp_path, bits, symmetric, awq):
     from transformers import LlamaForCausalLM
 
     from pare.recipes.checkpoint import lm_checkpoint
@@ -136,6 +142,13 @@ def test_a_tied_table_gathers_its_rows_from_the_head_codes(tmp_path, bits, symme
     spec = WeightSpec(bits=bits, symmetric=symmetric, granularity="per_group", group_size=16, full_range=True)
     names = [n for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear)]
     wrap_layers(lm, dict.fromkeys(names, spec))
+    if awq:  # AWQ's form: codes of W x s, one scale per input channel, the weight divided back
+        from pare.formats.schemes import QuantizedWeight
+
+        head = quant_layers(lm)["lm_head"]
+        s_in = torch.linspace(0.5, 2.0, head.base.weight.shape[1])
+        q = quantize_weight(head.base.weight.detach() * s_in, spec)
+        head.pin(QuantizedWeight(q.dequantized / s_in, q.codes, {**q.params, "input_scale": s_in}, bits))
     codes_before = quant_layers(lm)["lm_head"].quantized.codes.clone()
     assert follow_quantized_heads(lm) == {"model.embed_tokens": "lm_head"}
     head = quant_layers(lm)["lm_head"]
@@ -148,6 +161,9 @@ def test_a_tied_table_gathers_its_rows_from_the_head_codes(tmp_path, bits, symme
     graph = onnx.load(str(tmp_path / "q" / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("GatherBlockQuantized") == 1 and "Gather" not in ops
+    # AWQ: the head's input and the gathered rows, times 1/s
+    scaled = [n for n in graph.node if n.op_type == "Mul" and n.input[1].endswith("input_scale_inv")]
+    assert len(scaled) == (2 if awq else 0)
     assert ops.count("MatMulNBits") == len(names)
     # the vocabulary x hidden matrix is in the file once, as codes: no float table left
     assert not [i.name for i in graph.initializer if list(i.dims) == table]
