@@ -79,6 +79,7 @@ INT4 = {
 }
 GPTQ = {"method": "gptq", "input_drift": False}
 LLMCOMPRESSOR = "int4 GPTQ g64 (llm-compressor GPTQModifier)"
+LLAMA_CPP = "Q4_1 GGUF as shipped (llama.cpp)"
 # llm-compressor pins transformers <= 5.17: it runs in a virtual environment of its own
 LLMCOMPRESSOR_VENV = Path(HERE).parent / ".venv-llmcompressor"
 NOT_RUN = {
@@ -89,7 +90,6 @@ NOT_RUN = {
     "torchao int4 weight-only": "torchao {torchao} installs beside torch 2.13.0 but its int4 weight-only "
     "has no CPU kernel: the plain and preshuffled layouts need the mslk package (CUDA), plain_int32 "
     "'does not support device cpu', tile_packed_to_4d needs CUDA (its int8 weight-only is a row)",
-    "llama.cpp (Q4_1 GGUF)": "llama-cpp-python builds from source; not tried yet",
     "decode at batch 8, generation peak memory": "not measured yet",
 }
 
@@ -232,6 +232,21 @@ def llmcompressor_gptq(folder: Path, batches: list, tmp: Path):
     return model, sum(f.stat().st_size for f in out.glob("*.safetensors")), done
 
 
+def llama_cpp_gguf(recipe, quick: bool):
+    """llama.cpp running the GGUF file the recipe loads (Q4_1 blocks, its tied table Q8_0), as
+    shipped: (model, file bytes), or why it did not run. quick: the whole model still (the GGUF
+    file cannot drop blocks), scored on the quick windows."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        return f"llama-cpp-python is not installed ({e}); it builds from source (about 5 minutes here)"
+    from _llama_cpp import LlamaCppLM
+
+    folder, name = source(recipe.model)
+    path = Path(folder) / name
+    return CausalLM(LlamaCppLM(path, threads=torch.get_num_threads())), path.stat().st_size
+
+
 def run_script(args: list[str], what: str) -> str:
     """The last line a helper script prints (its JSON); its error output if it fails."""
     done = subprocess.run(args, capture_output=True, text=True)
@@ -348,6 +363,12 @@ def main() -> None:
             "tied8-acc4",
         ),
     }
+    llama_cpp = llama_cpp_gguf(recipe, args.quick)
+    if isinstance(llama_cpp, str):
+        not_run[LLAMA_CPP] = llama_cpp
+    else:
+        variants[LLAMA_CPP] = (llama_cpp[0], "llama.cpp", "llama.cpp", "gguf")
+        artifacts["gguf"], seconds["gguf"] = llama_cpp[1], None  # quantized before pare saw it
     if not isinstance(peer, str):  # quality only: its weights are decoded to float in torch
         variants[LLMCOMPRESSOR] = (peer[0], "torch (dequantized)", "llm-compressor", "llmcompressor")
     print(f"{MODEL}: {blocks} blocks{' (quick: first 2)' if args.quick else ''}, {windows} test windows")
@@ -363,6 +384,7 @@ def main() -> None:
         q = base if name == "fp32 (torch)" else quality(task, m, part, base["out"])
         metrics = q["metrics"]
         metrics["perplexity_increase"] = metrics["perplexity"] - base["metrics"]["perplexity"]
+        # llama.cpp has no fp32 run here: its ratios are against fp32 in ONNX Runtime
         same_runtime = "fp32 (torch)" if runtime == "torch" else "fp32"
         timed = times.get(name)  # None: a peer scored only (its weights run decoded to float)
         rows.append(
@@ -458,7 +480,7 @@ def main() -> None:
             ("prefill ms", lambda r: f"{r['prefill_ms']:.0f}" if r["prefill_ms"] else "-"),
             ("decode tok/s", lambda r: f"{r['decode_tokens_per_s']:.1f}" if r["prefill_ms"] else "-"),
             ("decode x", lambda r: f"{r['decode_ratio']:.2f}" if r["prefill_ms"] else "-"),
-            ("s", lambda r: f"{r['seconds']:.0f}"),
+            ("s", lambda r: f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"),
             (
                 "peak MB",
                 lambda r: f"{r['quantize_peak_bytes'] / 1e6:.0f}" if r["quantize_peak_bytes"] else "-",

@@ -297,7 +297,7 @@ def llm(r: dict) -> str:
                 f"{row['decode_tokens_per_s']:.1f} ({row['decode_ratio']:.2f}×)"
                 if row["prefill_ms"]
                 else "—",
-                f"{row['seconds']:.0f}",
+                f"{row['seconds']:.0f}" if row["seconds"] is not None else "—",
                 size(row["quantize_peak_bytes"]) if row.get("quantize_peak_bytes") else "—",
             ]
         )
