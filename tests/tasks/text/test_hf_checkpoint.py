@@ -164,7 +164,7 @@ def test_gptq_layout_is_written_and_read_back_as_an_input_model(quantized_run):
         assert torch.equal(f.get_tensor(prefix + "g_idx"), torch.arange(64, dtype=torch.int32) // 16)
         # symmetric 4-bit: every zero point is 8, stored as 7 (v1), eight to a word
         assert (f.get_tensor(prefix + "qzeros") == 0x77777777).all()
-        assert not any(k.endswith("down_proj.weight") for k in f)
+        assert not any(k.endswith("down_proj.weight") for k in list(f.keys()))
     ours, _, _ = stage_model(folder)
     loaded = CausalLM(load_hf(out)).eval()
     ids = torch.randint(0, 384, (2, 24), generator=torch.Generator().manual_seed(0))
