@@ -232,10 +232,10 @@ def llmcompressor_gptq(folder: Path, batches: list, tmp: Path):
     return model, sum(f.stat().st_size for f in out.glob("*.safetensors")), done
 
 
-def llama_cpp_gguf(recipe, quick: bool):
+def llama_cpp_gguf(recipe):
     """llama.cpp running the GGUF file the recipe loads (Q4_1 blocks, its tied table Q8_0), as
-    shipped: (model, file bytes), or why it did not run. quick: the whole model still (the GGUF
-    file cannot drop blocks), scored on the quick windows."""
+    shipped: (model, file bytes), or why it did not run. In a quick run too it is the whole
+    model (a GGUF file cannot drop blocks), scored on the quick windows."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError as e:
@@ -369,7 +369,7 @@ def main() -> None:
             "tied8-acc4",
         ),
     }
-    llama_cpp = llama_cpp_gguf(recipe, args.quick)
+    llama_cpp = llama_cpp_gguf(recipe)
     if isinstance(llama_cpp, str):
         not_run[LLAMA_CPP] = llama_cpp
     else:

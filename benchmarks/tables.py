@@ -298,7 +298,7 @@ def llm(r: dict) -> str:
                 if row["prefill_ms"]
                 else "—",
                 f"{row['seconds']:.0f}" if row["seconds"] is not None else "—",
-                size(row["quantize_peak_bytes"]) if row.get("quantize_peak_bytes") else "—",
+                size(row.get("quantize_peak_bytes")),
             ]
         )
     header = ["variant", "tool", "runtime", "perplexity [95 % CI]", "increase [95 % CI]", "KL", "same top"]

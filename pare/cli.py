@@ -69,9 +69,8 @@ def _cmd_generate(args) -> None:
     from pare.recipes.pipeline import stage_model
 
     folder = Path(args.stage)
-    if (folder / "model.onnx").exists() and (
-        folder / "config.json"
-    ).exists():  # pare checkpoint --format onnx
+    # a folder written by `pare checkpoint --format onnx`
+    if (folder / "model.onnx").exists() and (folder / "config.json").exists():
         model, tokenizer = CausalLM(OrtCausalLM(folder / "model.onnx")), load_tokenizer(folder)
         name, runtime, prompts = folder.name, "onnxruntime", args.prompt or list(DEFAULT_PROMPTS)
     else:

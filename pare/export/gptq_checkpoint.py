@@ -14,17 +14,18 @@ compressed-tensors format as the fix. Scales round to float16 here, as in every 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from pare.formats.packed import pack_int32_rows
 from pare.formats.schemes import QuantizedWeight, WeightSpec
 
 BITS = (2, 4, 8)  # 3-bit GPTQ packs codes across word boundaries: a layout of its own, not written
 
 
 def gptq_problem(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]) -> str | None:
-    """Why these weights cannot be written in the layout (None: they can)."""
+    """Why these weights (integer grids, per channel or group: checked for both layouts by
+    ``hf_checkpoint.checkpoint_problem``) cannot be written in this one (None: they can)."""
     fix = "; write --format compressed-tensors instead"
     schemes = {
         (s.bits, s.granularity, s.group_size if s.granularity == "per_group" else -1)
@@ -39,8 +40,6 @@ def gptq_problem(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, W
     for name, (q, spec) in quantized.items():
         out_features, in_features = q.dequantized.shape
         per_word = 32 // spec.bits if spec.bits in BITS else 0
-        if spec.scheme != "affine" or spec.granularity == "per_tensor" or "input_scale" in q.params:
-            return f"{name}: only RTN/GPTQ per-channel or per-group integer grids have this layout{fix}"
         if not spec.symmetric:
             return f"{name}: asymmetric codes (v1 stores zero - 1, which a zero of 0 cannot hold){fix}"
         if not per_word:
@@ -52,28 +51,18 @@ def gptq_problem(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, W
     return None
 
 
-def _pack_along_rows(unsigned: np.ndarray, bits: int) -> torch.Tensor:
-    """(R, C) codes in [0, 2^bits) -> (R * bits / 32, C) int32: word r holds rows r*k .. r*k+k-1."""
-    per_word = 32 // bits
-    rows, cols = unsigned.shape
-    parts = unsigned.astype(np.uint32).reshape(rows // per_word, per_word, cols)
-    words = np.zeros((rows // per_word, cols), dtype=np.uint32)
-    for j in range(per_word):
-        words |= parts[:, j] << np.uint32(bits * j)
-    return torch.from_numpy(words.view(np.int32))
-
-
 def gptq_tensors(q: QuantizedWeight, spec: WeightSpec, shape, dtype) -> dict[str, torch.Tensor]:
     out_features, in_features = shape
     offset = 2 ** (spec.bits - 1)
-    codes = q.codes.reshape(out_features, in_features).numpy().astype(np.int64) + offset
+    codes = q.codes.reshape(out_features, in_features).to(torch.int64) + offset
     scale = q.params["scale"].reshape(out_features, -1)
     groups = scale.shape[1]
     group = in_features // groups
-    zeros = np.full((out_features, groups), offset - 1, dtype=np.int64)  # v1: zero - 1
+    zeros = torch.full((out_features, groups), offset - 1)  # v1: zero - 1
     return {
-        "qweight": _pack_along_rows(codes.T, spec.bits),
-        "qzeros": _pack_along_rows(zeros, spec.bits).T.contiguous(),
+        # packed along the inputs: each output's codes as one row of words, transposed
+        "qweight": pack_int32_rows(codes, spec.bits).T.contiguous(),
+        "qzeros": pack_int32_rows(zeros.T, spec.bits),
         "scales": scale.T.to(torch.float16).contiguous(),
         "g_idx": torch.arange(in_features, dtype=torch.int32) // group,
     }

@@ -25,14 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
 from pare.errors import ConfigError, UnsupportedModelError
 from pare.export.gptq_checkpoint import gptq_config, gptq_problem, gptq_tensors
-from pare.formats.packed import pack_bits
+from pare.formats.packed import pack_int32_rows
 from pare.formats.schemes import QuantizedWeight, WeightSpec
 from pare.io import atomic_write_json
 
@@ -42,7 +41,7 @@ CONV1D_MODELS = {"gpt2", "openai-gpt"}
 
 
 def checkpoint_problem(model, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]) -> str | None:
-    """Why these weights cannot be written in the format (None: they can)."""
+    """Why these weights cannot be written in either layout (None: they can)."""
     for name, (q, spec) in quantized.items():
         if spec.scheme != "affine" or spec.granularity == "per_tensor":
             return f"{name}: scheme {spec.scheme!r} {spec.granularity} is not a per-channel or per-group integer grid"
@@ -54,17 +53,6 @@ def checkpoint_problem(model, quantized: dict[str, tuple[QuantizedWeight, Weight
     return None
 
 
-def _pack_rows(unsigned: torch.Tensor, bits: int) -> torch.Tensor:
-    """(rows, n) codes in [0, 2^bits) -> (rows, ceil(n * bits / 32)) int32, each row padded to a
-    multiple of 32 codes: the same dense little-endian bit stream as pare's packed files."""
-    rows, n = unsigned.shape
-    values = np.zeros((rows, -(-n // 32) * 32), dtype=np.uint32)
-    values[:, :n] = unsigned.numpy()
-    # whole rows of 32 codes are whole words, so one stream over all rows splits at row ends
-    words = pack_bits(values, bits).view("<i4").reshape(rows, -1)
-    return torch.from_numpy(words[:, : -(-n * bits // 32)].copy())
-
-
 def _weight_tensors(q: QuantizedWeight, spec: WeightSpec, shape, dtype) -> dict[str, torch.Tensor]:
     out_features, in_features = shape
     offset = 2 ** (spec.bits - 1)
@@ -73,13 +61,13 @@ def _weight_tensors(q: QuantizedWeight, spec: WeightSpec, shape, dtype) -> dict[
     shift = offset if spec.symmetric else 0
     codes = q.codes.reshape(out_features, in_features).to(torch.int64) + shift
     tensors = {
-        "weight_packed": _pack_rows(codes, spec.bits),
+        "weight_packed": pack_int32_rows(codes, spec.bits),
         "weight_scale": q.params["scale"].reshape(out_features, -1).to(dtype).contiguous(),
         "weight_shape": torch.tensor([out_features, in_features], dtype=torch.int64),
     }
     if not spec.symmetric:
         zero = q.params["zero_point"].reshape(out_features, -1).to(torch.int64)
-        tensors["weight_zero_point"] = _pack_rows(zero.T.contiguous(), spec.bits).T.contiguous()
+        tensors["weight_zero_point"] = pack_int32_rows(zero.T.contiguous(), spec.bits).T.contiguous()
     return tensors
 
 
@@ -163,7 +151,7 @@ class Layout(NamedTuple):
 
 
 LAYOUTS = {
-    "compressed-tensors": Layout(checkpoint_problem, _weight_tensors, quantization_config),
+    "compressed-tensors": Layout(lambda model, quantized: None, _weight_tensors, quantization_config),
     "gptq": Layout(gptq_problem, gptq_tensors, gptq_config),
 }
 
@@ -182,10 +170,11 @@ def write_checkpoint(
     none. Written into a temporary sibling and renamed, so ``folder`` is either complete or
     absent. Returns the folder's bytes."""
     layout = LAYOUTS[fmt]
+    problem = None
     if model.config.model_type in CONV1D_MODELS:
         problem = f"{model.config.model_type}'s Conv1D layers have no {fmt} layout"
-    else:
-        problem = layout.problem(model, quantized) if quantized else None
+    elif quantized:
+        problem = checkpoint_problem(model, quantized) or layout.problem(model, quantized)
     if problem:
         raise UnsupportedModelError(f"cannot write a {fmt} checkpoint: {problem}")
     tensors, config = _tensors_and_config(model, quantized, layout)

@@ -186,6 +186,7 @@ def _gather_quantized(node, prefix: str, nbits: dict, constant) -> list:
     attrs = nbits["attrs"]
     n, blocks = attrs["N"], attrs["K"] // attrs["block_size"]
     out = node.output[0]
+    awq = "input_scale_inv" in nbits["tensors"]  # the table's rows are W x s: times 1/s after
     inputs = [constant("B"), node.input[1], f"{out}.scales"]
     if "gather_zero_points" in nbits["tensors"]:
         inputs.append(constant("gather_zero_points"))
@@ -213,14 +214,8 @@ def _gather_quantized(node, prefix: str, nbits: dict, constant) -> list:
             [f"{out}.shape"],
             axis=0,
         ),
-        *(
-            [
-                helper.make_node("Reshape", [f"{out}.blocks", f"{out}.shape"], [f"{out}.scaled"]),
-                helper.make_node("Mul", [f"{out}.scaled", constant("input_scale_inv")], [out]),
-            ]
-            if "input_scale_inv" in nbits["tensors"]  # AWQ: rows of the table are W x s
-            else [helper.make_node("Reshape", [f"{out}.blocks", f"{out}.shape"], [out])]
-        ),
+        helper.make_node("Reshape", [f"{out}.blocks", f"{out}.shape"], [f"{out}.scaled" if awq else out]),
+        *([helper.make_node("Mul", [f"{out}.scaled", constant("input_scale_inv")], [out])] if awq else []),
     ]
 
 

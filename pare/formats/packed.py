@@ -33,6 +33,18 @@ def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(planes.ravel(), bitorder="little")
 
 
+def pack_int32_rows(unsigned: torch.Tensor, bits: int) -> torch.Tensor:
+    """(rows, n) codes in [0, 2^bits) -> (rows, ceil(n * bits / 32)) int32, each row padded to a
+    multiple of 32 codes: the dense little-endian bit stream of ``pack_bits`` in 32-bit words
+    (for 2, 4 and 8 bits, word j of a row holds its codes j*k .. j*k+k-1, the first lowest)."""
+    rows, n = unsigned.shape
+    values = np.zeros((rows, -(-n // 32) * 32), dtype=np.uint32)
+    values[:, :n] = np.asarray(unsigned)
+    # whole rows of 32 codes are whole words, so one stream over all rows splits at row ends
+    words = pack_bits(values, bits).view("<i4").reshape(rows, -1)
+    return torch.from_numpy(words[:, : -(-n * bits // 32)].copy())
+
+
 def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     if bits == 8:
         return packed[:count].astype(np.int64)

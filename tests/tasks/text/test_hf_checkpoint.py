@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import pare
 from pare.cli import main
-from pare.export.hf_checkpoint import _pack_rows
+from pare.formats.packed import pack_int32_rows
 from pare.recipes.pipeline import stage_model
 from tests.tasks.text.conftest import tiny_causal_lm
 from tests.tasks.text.test_causal_lm import lm_recipe
@@ -26,7 +26,7 @@ def test_rows_pack_as_compressed_tensors_packs_them(bits):
     codes = torch.from_numpy(np.random.default_rng(bits).integers(0, 2**bits, (6, 40)))
     # the library takes signed codes and offsets them itself
     expected = pack_to_int32((codes - 2 ** (bits - 1)).to(torch.int8), bits)
-    assert torch.equal(_pack_rows(codes, bits), expected)
+    assert torch.equal(pack_int32_rows(codes, bits), expected)
 
 
 def _logits(model, ids):
@@ -203,20 +203,20 @@ def test_the_gptq_layout_refuses_what_it_cannot_hold(quantized_run, capsys):
 
 
 def test_gptq_words_hold_codes_lowest_bits_first():
-    from pare.export.gptq_checkpoint import _pack_along_rows, read_gptq_layer
+    from pare.export.gptq_checkpoint import read_gptq_layer
 
     rng = np.random.default_rng(0)
     for bits in (2, 4, 8):
         per_word = 32 // bits
         codes = rng.integers(0, 2**bits, (2 * per_word, per_word))  # (in K, out N)
-        words = _pack_along_rows(codes, bits).numpy().view(np.uint32)
+        words = pack_int32_rows(torch.from_numpy(codes.T), bits).T.numpy().view(np.uint32)
         assert words.shape == (2, per_word)
         # word 0 of column 0 holds input rows 0 .. per_word - 1, row j from bit j * bits
         assert words[0, 0] == sum(int(codes[j, 0]) << (bits * j) for j in range(per_word))
         zero = 2 ** (bits - 1)
         layer = {
             "qweight": torch.from_numpy(words.view(np.int32)),
-            "qzeros": _pack_along_rows(np.full((per_word, 1), zero - 1), bits).T.contiguous(),  # v1: zero - 1
+            "qzeros": pack_int32_rows(torch.full((1, per_word), zero - 1), bits),  # v1: zero - 1
             "scales": torch.full((1, per_word), 0.5, dtype=torch.float16),
             "g_idx": torch.zeros(2 * per_word, dtype=torch.int32),
         }
