@@ -10,6 +10,7 @@ same weights. config.json's ``quantization_config`` names one scheme for every q
 (bits, group_size, sym, desc_act, lm_head), so the layout holds symmetric 2/4/8-bit grids of one
 scheme over every Linear of the decoder blocks; the rest is refused by name, with the
 compressed-tensors format as the fix. Scales round to float16 here, as in every GPTQ checkpoint.
+The reader is ``pare.models.gptq_folder``: such a folder is also an input model.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import torch.nn as nn
 
 from pare.formats.packed import pack_int32_rows
 from pare.formats.schemes import QuantizedWeight, WeightSpec
-
-BITS = (2, 4, 8)  # 3-bit GPTQ packs codes across word boundaries: a layout of its own, not written
+from pare.models.gptq_folder import BITS
 
 
 def gptq_problem(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, WeightSpec]]) -> str | None:
@@ -82,17 +82,3 @@ def gptq_config(model: nn.Module, quantized: dict[str, tuple[QuantizedWeight, We
         "static_groups": False,
         "true_sequential": True,
     }
-
-
-def read_gptq_layer(tensors: dict[str, torch.Tensor], bits: int) -> torch.Tensor:
-    """A layer's float weight (out, in) from its qweight, qzeros, scales and g_idx: shifts and
-    masks on the int32 words, the v1 zero + 1, scales and zeros gathered per input column."""
-    mask = 2**bits - 1
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
-    qweight, qzeros = tensors["qweight"], tensors["qzeros"]
-    codes = (qweight[:, None, :] >> shifts[None, :, None]) & mask  # (K/k, k, N)
-    codes = codes.reshape(-1, qweight.shape[1])  # (K, N)
-    zeros = ((qzeros[:, :, None] >> shifts[None, None, :]) & mask).reshape(qzeros.shape[0], -1) + 1
-    g = tensors["g_idx"].long()
-    scales = tensors["scales"].float()
-    return ((codes - zeros[g]).float() * scales[g]).T.contiguous()

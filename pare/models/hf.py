@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pare.errors import UnsupportedModelError
+from pare.models.gptq_folder import load_gptq
 from pare.models.trust import refuse_unsafe
 
 
@@ -206,7 +207,7 @@ def load_hf(folder: Path | str, gguf: str | None = None, tokenizer=None) -> nn.M
     try:
         with _quiet_loading():
             if method == "gptq":
-                model = _load_gptq(folder)
+                model = load_gptq(folder, load_config(folder))
             else:
                 model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(
                     str(folder),
@@ -246,55 +247,6 @@ def _dequantizing(method: str | None) -> dict:
         f"model: a checkpoint quantized with quant_method {method!r}; pare reads float, GGUF, "
         f"compressed-tensors and GPTQ checkpoints"
     )
-
-
-def _load_gptq(folder: Path) -> nn.Module:
-    """A GPTQ-layout folder (``qweight``/``qzeros``/``scales``/``g_idx``, checkpoint_format
-    ``gptq``; act-order's g_idx included) as a float model: its architecture built from
-    config.json, each quantized layer's weight decoded (``pare.export.gptq_checkpoint``).
-    transformers itself needs optimum with a GPTQ kernel package to read one."""
-    import copy
-
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
-    from pare.export.gptq_checkpoint import BITS, read_gptq_layer
-
-    config = copy.deepcopy(load_config(folder))
-    spec = config.quantization_config
-    bits, fmt = spec.get("bits"), spec.get("checkpoint_format", spec.get("format", "gptq"))
-    if bits not in BITS or fmt != "gptq":
-        raise UnsupportedModelError(
-            f"model: {str(folder)!r} is a GPTQ checkpoint with bits {bits!r} and checkpoint_format {fmt!r}; "
-            f"pare reads checkpoint_format 'gptq' at {', '.join(map(str, BITS))} bits"
-        )
-    del config.quantization_config
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise UnsupportedModelError(
-            f"model: {str(folder)!r} holds no .safetensors file; GPTQ weights are read from those"
-        )
-    state = {k: v for f in files for k, v in load_file(f).items()}
-    for layer in sorted(k.removesuffix(".qweight") for k in list(state) if k.endswith(".qweight")):
-        parts = {p: state.pop(f"{layer}.{p}") for p in ("qweight", "qzeros", "scales", "g_idx")}
-        state[f"{layer}.weight"] = read_gptq_layer(parts, bits)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    missing = [k for k in missing if not _tied(model, k)]
-    if missing or unexpected:
-        raise UnsupportedModelError(
-            f"model: the GPTQ checkpoint {str(folder)!r} does not match its config.json: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    return model
-
-
-def _tied(model: nn.Module, name: str) -> bool:
-    """``name`` is the output layer's weight, shared with the token table."""
-    head = model.get_output_embeddings()
-    tied = head is not None and head.weight is model.get_input_embeddings().weight
-    return tied and model.get_submodule(name.rpartition(".")[0]) is head
 
 
 def _conv1d_to_linear(model: nn.Module) -> None:

@@ -203,7 +203,7 @@ def test_the_gptq_layout_refuses_what_it_cannot_hold(quantized_run, capsys):
 
 
 def test_gptq_words_hold_codes_lowest_bits_first():
-    from pare.export.gptq_checkpoint import read_gptq_layer
+    from pare.models.gptq_folder import read_gptq_layer
 
     rng = np.random.default_rng(0)
     for bits in (2, 4, 8):
