@@ -4,6 +4,7 @@ and a GPTQ kernel package for one; decoding the int32 words is a few shifts and 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -17,10 +18,8 @@ BITS = (2, 4, 8)  # 3-bit GPTQ packs codes across word boundaries: a layout of i
 def load_gptq(folder: Path, config) -> nn.Module:
     """A GPTQ-layout folder (``qweight``/``qzeros``/``scales``/``g_idx``, checkpoint_format
     ``gptq``; act-order's g_idx included) as a float model: its architecture built from
-    config.json, each quantized layer's weight decoded (the layout: ``pare.export.gptq_checkpoint``).
-    transformers itself needs optimum with a GPTQ kernel package to read one."""
-    import copy
-
+    ``config`` (its config.json, left as it is), each quantized layer's weight decoded (the
+    layout: ``pare.export.gptq_checkpoint``)."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 

@@ -197,17 +197,14 @@ def load_hf(folder: Path | str, gguf: str | None = None, tokenizer=None) -> nn.M
     from transformers import AutoModel, AutoModelForCausalLM
 
     folder = Path(folder) if gguf else resolve_hf(str(folder))
-    causal = is_causal(load_config(folder, gguf), gguf)
+    config = load_config(folder, gguf)
+    causal = is_causal(config, gguf)
     where = str(folder / gguf) if gguf else str(folder)
-    method = (
-        None
-        if gguf
-        else (getattr(load_config(folder), "quantization_config", None) or {}).get("quant_method")
-    )
+    method = None if gguf else (getattr(config, "quantization_config", None) or {}).get("quant_method")
     try:
         with _quiet_loading():
             if method == "gptq":
-                model = load_gptq(folder, load_config(folder))
+                model = load_gptq(folder, config)
             else:
                 model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(
                     str(folder),
