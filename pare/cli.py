@@ -401,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "interrupted: finished stages are saved; continue with `pare run ... --resume`", file=sys.stderr
+            "interrupted: finished stages (and a calibration's finished blocks) are saved; continue with "
+            "`pare run ... --resume`",
+            file=sys.stderr,
         )
         return 130
     return 0

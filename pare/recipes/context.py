@@ -13,6 +13,8 @@ from pare.evaluate import validation_metrics
 from pare.tasks import get_task
 from pare.training import History, fit
 
+WORK = "work"  # a stage's work in progress, kept by --resume (see StageContext.work_dir)
+
 
 @dataclass
 class StageContext:
@@ -27,6 +29,13 @@ class StageContext:
     out_dir: Path
     name: str
     stages: dict[str, nn.Module] = dataclasses.field(default_factory=dict)  # earlier stages by name
+
+    @property
+    def work_dir(self) -> Path:
+        """Where a long technique keeps what it has finished so far (a calibration's finished
+        blocks), to continue from there when an interrupted run is resumed: ``pare run --resume``
+        keeps this folder of an unfinished stage, and removes it once the stage is built."""
+        return self.out_dir / WORK
 
     def fit(self, model: nn.Module, *, hooks=(), params=None, label: str = "", **overrides) -> History:
         """Train with the recipe's settings, overridden by keyword (e.g. ``epochs=3, lr=1e-4``);

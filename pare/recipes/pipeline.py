@@ -25,6 +25,7 @@ from pare.cost.artifact import Artifact
 from pare.data import Split, make_splits
 from pare.evaluate import validation_metrics
 from pare.export import load_weights_file, onnx_runner, ort_session, save_weights
+from pare.io import remove_tree
 from pare.models import build_model
 from pare.recipes.context import StageContext
 from pare.recipes.schema import Recipe
@@ -162,6 +163,7 @@ def build(recipe, step: Step, earlier: dict, split: Split, fold: int, out_dir: P
         )
         source = _source(recipe, step, earlier, split, fold)
         model, info = techniques()[step.technique].apply(copy.deepcopy(source), step.config, ctx)
+        remove_tree(out_dir, ctx.work_dir)  # built: nothing left to resume
         info = dict(info or {})
         history = info.pop("history", None)
     history = history.to_dict() if hasattr(history, "to_dict") else history

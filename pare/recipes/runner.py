@@ -36,6 +36,7 @@ from pare.io import (
 from pare.lock import run_lock
 from pare.progress import console, status
 from pare.provenance import Clock, machine_info
+from pare.recipes.context import WORK
 from pare.recipes.pipeline import (
     Built,
     aggregate,
@@ -113,7 +114,7 @@ def _run(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, report: bo
 
     for index, step in enumerate(plan):  # a stale or interrupted attempt of a stage to re-run
         if reuse(index) is None:
-            remove_tree(out, stage_dir(out, index, step.name))
+            _clear_stage(out, stage_dir(out, index, step.name), keep_work=resume)
     tags = [f" (fold {f + 1}/{len(splits)})" if len(splits) > 1 else "" for f in range(len(splits))]
     generators = [
         fold_models(recipe, split, fold, folder(fold), reuse=reuse, tag=tags[fold])
@@ -142,6 +143,25 @@ def _run(recipe: Recipe, out: Path, *, resume: bool, overwrite: bool, report: bo
     if report:
         write_report(results, out)
     return results
+
+
+def _clear_stage(out: Path, folder: Path, keep_work: bool) -> None:
+    """Remove an unfinished stage's files; with ``keep_work`` (``--resume``) all but its work in
+    progress (``StageContext.work_dir``, in the stage's folder or a fold's), which the technique
+    checks against its inputs before it continues from it."""
+    if not keep_work or not folder.is_dir():
+        remove_tree(out, folder)
+        return
+    for child in folder.iterdir():
+        if child.name == WORK:
+            continue
+        if child.is_dir() and not child.is_symlink() and (child / WORK).is_dir():
+            _clear_stage(out, child, keep_work)  # a fold's folder
+        elif child.is_dir() and not child.is_symlink():
+            remove_tree(out, child)
+        else:
+            inside(out, child.parent)
+            child.unlink()
 
 
 def _announce(step, index: int, reused: dict | None) -> None:

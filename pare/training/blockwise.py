@@ -186,17 +186,23 @@ def find_blocks(model: nn.Module, order: list[str]) -> list[str] | None:
 
 
 def _capture(
-    model: nn.Module, blocks: list[str], batches, stop: bool, streaming: Callable[[], list] = list
+    model: nn.Module,
+    blocks: list[str],
+    batches,
+    stop: bool,
+    streaming: Callable[[], list] = list,
+    start: int = 0,
 ) -> tuple[list, list]:
     """Per block, per batch: the (args, kwargs) it was called with, from one whole-model pass
     (with ``stop``, ended once the last block has its arguments: an LLM's output head, a fifth
     of SmolLM2's forward, need not run), the hidden states (the first argument) left out; and
-    the first block's hidden states per batch (later blocks take theirs from the block before)."""
+    block ``start``'s hidden states per batch (later blocks take theirs from the block before;
+    earlier ones, already calibrated, run as they now are)."""
     calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
     first: list[torch.Tensor] = []
 
     def record(i, args, kwargs):
-        if i == 0 and args:
+        if i == start and args:
             first.append(args[0])
         calls[i].append(((None, *args[1:]) if args else args, dict(kwargs)))
         if stop and i == len(blocks) - 1:
@@ -269,7 +275,9 @@ class _BlockRun:
 class Offload:
     """Blocks on disk (``pare.training.offload``): the model's and the reference's; and the hidden
     states between blocks, which go to files under ``spill`` when the inputs and outputs of a
-    block (the reference's too) take more than ``room`` bytes (None: they stay in memory)."""
+    block (the reference's too) take more than ``room`` bytes (None: they stay in memory). The
+    first ``done`` blocks were calibrated before (a resumed run): the capture pass runs through
+    them as saved, and calibration starts at the next."""
 
     blocks: DiskBlocks
     reference: DiskBlocks | None = None
@@ -278,6 +286,8 @@ class Offload:
     activation_bytes: int = 0  # what one block's inputs and outputs take, set after the capture
     spilling: bool = False
     stores: int = 0
+    done: int = 0  # blocks calibrated by an interrupted run (on disk already): calibration resumes after them
+    finished: Callable[[int], None] | None = None  # called with the count of blocks done, as each is saved
 
     def streaming(self) -> list:
         return self.blocks.streaming() + (self.reference.streaming() if self.reference else [])
@@ -324,15 +334,18 @@ def layer_by_layer(
     first = groups.index(inside[0])
     for group in groups[:first]:  # before the blocks: changing them changes the blocks' inputs
         yield group, model_feed(model, group, batches, reference, stop, streaming)
-    calls, hidden = _capture(model, blocks, batches, stop, streaming)
+    start = offload.done if offload is not None else 0
+    calls, hidden = _capture(model, blocks, batches, stop, streaming, start)
     ref_calls, ref_hidden = (
-        _capture(reference, blocks, batches, stop, streaming) if reference is not None else (None, None)
+        _capture(reference, blocks, batches, stop, streaming, start)
+        if reference is not None
+        else (None, None)
     )
     if offload is not None:  # the captured inputs go where the outputs will
         offload.plan(hidden, 1 if reference is None else 2)
         hidden = _stored(offload.store(), hidden)
         ref_hidden = ref_hidden and _stored(offload.store(), ref_hidden)
-    for i, block_name in enumerate(blocks):
+    for i, block_name in enumerate(blocks[start:], start):
         if offload is not None:
             offload.blocks.hold(block_name)
             if offload.reference is not None:
@@ -353,6 +366,8 @@ def layer_by_layer(
         offload.blocks.let_go(block_name, changed=True)
         if offload.reference is not None:
             offload.reference.let_go(block_name, changed=False)
+        if offload.finished is not None:
+            offload.finished(i + 1)
     for group in groups[first + len(inside) :]:
         yield group, model_feed(model, group, batches, reference, stop, streaming)
 

@@ -111,9 +111,19 @@ class DiskBlocks:
     """The tensors of ``blocks`` (module names in ``model``) on disk, one block in memory at a
     time: read from ``source`` until a block changes, then from this object's own files under
     ``folder``. ``prepare(block_module, name)`` (wrapping its layers, say) runs on each block once, now,
-    and the prepared block is written out. The blocks in ``model`` may be on the meta device."""
+    and the prepared block is written out, except the blocks in ``saved``: their files in ``folder``
+    (from an interrupted run) are kept and read from then on. The blocks in ``model`` may be on the
+    meta device."""
 
-    def __init__(self, model: nn.Module, blocks: list[str], folder: Path, source: TensorFiles, prepare=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: list[str],
+        folder: Path,
+        source: TensorFiles,
+        prepare=None,
+        saved: frozenset[str] = frozenset(),
+    ):
         self.model, self.blocks, self.folder, self.source = model, blocks, Path(folder), source
         self.folder.mkdir(parents=True, exist_ok=True)
         self.written: set[str] = set()  # blocks whose current tensors are in our own files
@@ -124,8 +134,10 @@ class DiskBlocks:
             for t in block_tensors(module).values():
                 t.data = _empty(t)
             if prepare is not None:
-                prepare(self.load(b), b)
-                self.release(b, changed=True)
+                prepare(self.load(b), b)  # the structure the saved file's tensors go into
+                self.release(b, changed=b not in saved)
+            if b in saved:
+                self.written.add(b)
 
     def _file(self, block: str) -> Path:
         return self.folder / f"{block}.safetensors"

@@ -118,9 +118,16 @@ def test_interrupted_run_keeps_finished_stages(tmp_path, fast_recipe):
     stages = [{"technique": "zero_smallest", "name": "a"}, {"technique": "zero_smallest", "name": "b"}]
     original = conftest.zero_smallest
 
+    found = []  # what each attempt at b found in its work folder
+
     def interrupt_b(model, config, ctx):
         if ctx.name == "b":
-            raise KeyboardInterrupt
+            found.append(sorted(p.name for p in ctx.work_dir.glob("*")))
+            if len(found) == 1:  # the first attempt leaves work in progress, then is interrupted
+                ctx.work_dir.mkdir()
+                (ctx.work_dir / "half-done").write_text("1")
+                (ctx.out_dir / "partial-artifact").write_text("1")
+                raise KeyboardInterrupt
         return original(model, config, ctx)
 
     from pare.registry import _REGISTRY
@@ -135,8 +142,17 @@ def test_interrupted_run_keeps_finished_stages(tmp_path, fast_recipe):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [s["name"] for s in saved["stages"]] == ["baseline", "a"]
     APPLY_CALLS.clear()
-    resumed = pare.run(fast_recipe(stages=stages), tmp_path, resume=True, report=False)
+    _REGISTRY["zero_smallest"] = dataclasses.replace(technique, apply=interrupt_b)
+    try:
+        resumed = pare.run(fast_recipe(stages=stages), tmp_path, resume=True, report=False)
+    finally:
+        _REGISTRY["zero_smallest"] = technique
     assert APPLY_CALLS == ["b"] and len(resumed["stages"]) == 3
+    # --resume kept b's work in progress (and nothing else of the unfinished stage); once b was
+    # built, its work folder went
+    assert found == [[], ["half-done"]]
+    stage = next(tmp_path.glob("stages/*-b"))
+    assert not (stage / "work").exists() and not (stage / "partial-artifact").exists()
 
 
 def test_breast_cancer_reports_roc_auc_with_interval(tmp_path):

@@ -1,15 +1,17 @@
 """Calibration with the blocks on disk: the same codes as in memory, one block held at a time,
-activations spilled when they do not fit, and a budget below one block refused by name."""
+activations spilled when they do not fit, a budget below one block refused by name, and an
+interrupted calibration resumed after its last finished block."""
 
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from pare.config import from_dict
+from pare.config import from_dict, to_dict
 from pare.errors import ConfigError, UnsupportedModelError
 from pare.formats.schemes import WeightSpec
 from pare.techniques.quantize.apply import _calibrate, _memory_plan, calibrate_offloaded, wrap_layers
@@ -129,3 +131,54 @@ def test_a_model_without_repeated_blocks_is_named(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     with pytest.raises(UnsupportedModelError, match="needs the layers in a list of repeated blocks"):
         calibrate_offloaded(model, {"0": SPEC, "2": SPEC}, [torch.randn(4, 8)], config("1GB"), tmp_path)
+
+
+def counting_gptq(monkeypatch, stop_at: str | None = None) -> list[str]:
+    """Record the layers GPTQ runs on; with ``stop_at``, interrupt at that layer (Ctrl-C)."""
+    module = sys.modules[calibrate_offloaded.__module__]
+    real, calls = module.gptq, []
+
+    def gptq(*args, name, **kwargs):
+        if name == stop_at:
+            raise KeyboardInterrupt
+        calls.append(name)
+        return real(*args, name=name, **kwargs)
+
+    monkeypatch.setattr(module, "gptq", gptq)
+    return calls
+
+
+@pytest.mark.parametrize("drift", [False, True], ids=["plain", "input-drift"])
+def test_an_interrupted_calibration_resumes_after_its_last_finished_block(tmp_path, monkeypatch, drift):
+    base = llama()
+    expected = in_memory(base, drift)
+    with monkeypatch.context() as m:
+        first = counting_gptq(m, stop_at=f"{BLOCKS[2]}.mlp.up_proj")  # midway through the last block
+        with pytest.raises(KeyboardInterrupt):
+            calibrate_offloaded(copy.deepcopy(base), specs(base), batches(), config("1GB", drift), tmp_path)
+    assert len(first) == 2 * 7 + 5  # two blocks finished, five layers of the third (q k v o gate)
+    again = counting_gptq(monkeypatch)
+    model = copy.deepcopy(base)
+    disk, errors, _ = calibrate_offloaded(model, specs(model), batches(), config("2GB", drift), tmp_path)
+    # a new budget changes no code: the finished blocks are kept; the third block and the head run
+    assert again == [n for n in codes(expected) if not n.startswith((BLOCKS[0] + ".", BLOCKS[1] + "."))]
+    assert len(again) == 7 + 1
+    disk.load_all()
+    got, want = codes(model), codes(expected)
+    assert list(got) == list(want)
+    for n in want:
+        assert torch.equal(got[n], want[n]), n
+    assert set(errors) == set(want)  # the finished blocks' errors come from the record
+
+
+def test_a_record_from_other_options_is_not_reused(tmp_path, monkeypatch, capsys):
+    base = llama()
+    with monkeypatch.context() as m:
+        counting_gptq(m, stop_at=f"{BLOCKS[2]}.self_attn.q_proj")
+        with pytest.raises(KeyboardInterrupt):
+            calibrate_offloaded(copy.deepcopy(base), specs(base), batches(), config("1GB"), tmp_path)
+    other = from_dict(QuantizeConfig, {**to_dict(config("1GB")), "damp": 0.05})
+    calls = counting_gptq(monkeypatch)
+    calibrate_offloaded(copy.deepcopy(base), specs(base), batches(), other, tmp_path)
+    assert len(calls) == 7 * 3 + 1  # every layer again
+    assert "is from another model, options or data; calibrating from the first block" in capsys.readouterr().err

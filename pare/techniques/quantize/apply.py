@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pare.config import parse_size
+from pare.config import parse_size, to_dict
 from pare.errors import ConfigError, DataError, UnsupportedModelError
 from pare.export.onnx_lm import STAGE_GRAPH, export_causal_lm
 from pare.formats.packed import save_packed
@@ -30,6 +30,7 @@ from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge
 from pare.techniques.quantize.tied import follow_quantized_heads
 from pare.training.blockwise import Offload, find_blocks, layer_by_layer
 from pare.training.offload import DiskBlocks, PeakRSS, block_tensors, tensor_bytes, write_blocks
+from pare.training.resume import BlockProgress, fingerprint
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -248,7 +249,7 @@ def quantize(model: nn.Module, config: QuantizeConfig, ctx):
     if config.packed and config.max_memory is not None:
         info["method"] = config.method
         batches = calibration_batches(ctx, config)
-        folder = ctx.out_dir / "calibration"
+        folder = ctx.work_dir / "calibration"  # its finished blocks survive an interruption (--resume)
         disk, info["calibrated_error"], info["calibration_memory"] = calibrate_offloaded(
             model, specs, batches, config, folder
         )
@@ -325,9 +326,11 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
     (``pare.training.offload``), and the hidden states between blocks, which go to disk when
     they do not fit in what is left. ``source``: a ``TensorFiles`` the blocks start from (the
     model then built on the meta device, only the rest of it in memory); without it the blocks
-    in memory are written out first. Layers are wrapped block by block as they are read. Returns
-    the ``DiskBlocks`` (``load_all()`` makes the model whole), the per-layer errors and what was
-    planned and measured (bytes)."""
+    in memory are written out first. Layers are wrapped block by block as they are read. Each
+    calibrated block is final on disk, and recorded (``pare.training.resume``): called again on
+    the same ``folder`` after an interruption, with the same model, options and batches, it
+    continues after the last recorded block. Returns the ``DiskBlocks`` (``load_all()`` makes the
+    model whole), the per-layer errors and what was planned and measured (bytes)."""
     budget = parse_size(config.max_memory, "max_memory")
     linear = [n for n in specs if isinstance(model.get_submodule(n), nn.Linear)]
     blocks = find_blocks(model, linear)
@@ -349,20 +352,44 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
             f"{_mb(plan['outside_bytes'])}{' twice' if drift else ''}; one layer's working copies "
             f"{_mb(plan['work_bytes'])}); raise max_memory to at least {_mb(plan['floor_bytes'])}"
         )
+    options = {k: v for k, v in to_dict(config).items() if k != "max_memory"}  # the budget changes no code
+    options["specs"] = {n: dataclasses.asdict(s) for n, s in specs.items()}
+    progress = BlockProgress(
+        folder, fingerprint(model, options, batches, [] if source is None else source.where.values())
+    )
+    done, errors = progress.load()
+    # hidden states are never reused (the capture pass recomputes them), nor another calibration's blocks
+    for part in ["activations"] + ([] if done else ["float", "quantized", "reference"]):
+        remove_tree(folder, folder / part)
+    if done:
+        console.print(
+            f"  {config.method}: resuming after block {done} of {len(blocks)} (saved by an interrupted run)"
+        )
     with PeakRSS() as peak:
         if source is None:
             source = write_blocks(model, blocks, folder / "float")
         reference = copy.deepcopy(model) if drift else None  # the blocks are empty now: a small copy
         wrap_layers(model, {n: s for n, s in specs.items() if n not in in_blocks})
+        saved = frozenset(blocks[:done])
 
         def prepare(block: nn.Module, name: str) -> None:
-            wrap_layers(model, {n: s for n, s in specs.items() if n.startswith(name + ".")})
+            mine = {n: s for n, s in specs.items() if n.startswith(name + ".")}
+            wrap_layers(model, mine)
+            if name in saved:  # room for the codes its file holds
+                _pin_placeholders(model, mine, config)
 
-        disk = DiskBlocks(model, blocks, folder / "quantized", source, prepare)
+        disk = DiskBlocks(model, blocks, folder / "quantized", source, prepare, saved)
         ref_disk = DiskBlocks(reference, blocks, folder / "reference", source) if drift else None
         room = budget - plan["floor_bytes"]
-        offload = Offload(disk, ref_disk, spill=folder / "activations", room=room)
-        errors = _calibrate(model, specs, batches, config, reference, offload)
+        offload = Offload(
+            disk,
+            ref_disk,
+            spill=folder / "activations",
+            room=room,
+            done=done,
+            finished=lambda n: progress.save(n, errors),
+        )
+        _calibrate(model, specs, batches, config, reference, offload, errors)
     memory = {
         **plan,
         "max_memory_bytes": budget,
@@ -400,17 +427,21 @@ def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**20:.1f} MB"
 
 
-def _calibrate(model, specs, batches, config, reference=None, offload=None) -> dict[str, dict[str, float]]:
+def _calibrate(
+    model, specs, batches, config, reference=None, offload=None, errors=None
+) -> dict[str, dict[str, float]]:
     """GPTQ or AWQ codes pinned in each Linear layer (convolutions keep RTN), in the order the
     model runs them: each layer's calibration inputs come from the model with every earlier
     layer already quantized (sequential GPTQ), one block at a time where the model has repeated
     blocks (pare.training.blockwise). Given the float ``reference`` model, GPTQ also corrects
     what those layers changed in the inputs, aiming at the float outputs. Returns each layer's
     output error on the calibration rows against the float layer's output on its float inputs
-    (relative mean square), for RTN and for the method."""
+    (relative mean square), for RTN and for the method, added to ``errors`` (a resumed run's:
+    the blocks ``offload`` has done already)."""
     names = [n for n in specs if isinstance(model.get_submodule(n).base, nn.Linear)]
-    errors = {}
+    errors = {} if errors is None else errors
     with progress_bar(f"  {config.method} layer by layer", len(names)) as bar:
+        bar.advance(len(errors))
         for group, feed in layer_by_layer(model, names, batches, reference, offload):
             layers = {n: model.get_submodule(n) for n in group}
             for name, st in group_stats(feed, layers).items():
