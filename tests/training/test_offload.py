@@ -181,4 +181,6 @@ def test_a_record_from_other_options_is_not_reused(tmp_path, monkeypatch, capsys
     calls = counting_gptq(monkeypatch)
     calibrate_offloaded(copy.deepcopy(base), specs(base), batches(), other, tmp_path)
     assert len(calls) == 7 * 3 + 1  # every layer again
-    assert "is from another model, options or data; calibrating from the first block" in capsys.readouterr().err
+    assert (
+        "is from another model, options or data; calibrating from the first block" in capsys.readouterr().err
+    )

@@ -299,6 +299,40 @@ def test_gptq_with_blocks_on_disk_in_a_run_equals_gptq_in_memory(tmp_path, tiny_
     assert not list((tmp_path / "run").rglob("calibration"))  # the work files are gone
 
 
+def test_an_interrupted_gptq_stage_resumes_after_its_last_finished_block(tmp_path, tiny_llama, monkeypatch):
+    """Ctrl-C in the second block of a calibration with blocks on disk, then ``--resume``: the
+    first block is not calibrated again, and the stage is the one an uninterrupted run ships."""
+    import sys
+
+    recipe = lm_recipe({"hf": str(tiny_llama)})
+    gptq = {"technique": "quantize", "mode": "weight_only", "bits": 4, "granularity": "per_group"}
+    recipe["stages"] = [
+        {**gptq, "group_size": 16, "method": "gptq", "calibration_samples": 16, "max_memory": "1GB"}
+    ]
+    whole = pare.run(recipe, tmp_path / "whole", report=False)
+    module = sys.modules["pare.techniques.quantize.apply"]
+    real, calls = module.gptq, []
+
+    def gptq_until(*args, name, stop=None, **kwargs):
+        if name == stop:
+            raise KeyboardInterrupt
+        calls.append(name)
+        return real(*args, name=name, **kwargs)
+
+    monkeypatch.setattr(
+        module, "gptq", lambda *a, **k: gptq_until(*a, stop="model.model.layers.1.mlp.down_proj", **k)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        pare.run(recipe, tmp_path / "run", report=False)
+    assert len(list((tmp_path / "run").rglob("work/calibration/progress.json"))) == 1
+    calls.clear()
+    monkeypatch.setattr(module, "gptq", gptq_until)
+    resumed = pare.run(recipe, tmp_path / "run", resume=True, report=False)
+    assert calls and not any(n.startswith("model.model.layers.0.") for n in calls)
+    assert resumed["stages"][1]["metrics"] == whole["stages"][1]["metrics"]
+    assert not list((tmp_path / "run").rglob("work"))
+
+
 def test_a_weight_only_lm_stage_ships_matmulnbits_measured_in_onnxruntime(tmp_path):
     """A pretrained causal LM's 4-bit stage ships its ONNX graph (MatMulNBits on pare's codes, KV
     cache; the tied token table reading the quantized head's codes) and is scored, timed and
