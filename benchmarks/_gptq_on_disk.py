@@ -6,7 +6,8 @@ process of its own so that the resident memory measured is the calibration's alo
 The model is built on the meta device; only the tensors outside the blocks (the token table,
 the final norm) are read in whole, the blocks stream from the checkpoint's safetensors one at a
 time (``pare.training.offload``). Writes the codes of every calibrated layer to OUT
-(safetensors) and prints one JSON line: the plan and the measured peaks (bytes). Used by
+(safetensors) and prints one JSON line: the plan and the measured peaks (bytes), and the
+resident memory before any weight was read. Used by
 ``benchmarks/llm.py``.
 """
 
@@ -34,10 +35,12 @@ BLOCKS = "model.model.layers."
 
 def main() -> None:
     folder, config_json, batches_file, out = sys.argv[1:]
-    at_start = rss()  # libraries imported, no weight read yet
     hf_config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
         model = CausalLM(AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")).eval()
+    # the libraries and the model's code loaded (transformers imports the modeling code lazily:
+    # 105 MiB here), no weight read yet: what calibration's memory is measured from
+    at_start = rss()
     source = TensorFiles(Path(folder), prefix="model.")
     outside = [n for n in model.state_dict() if not n.startswith(BLOCKS) and n[6:] in source.where]
     model.load_state_dict(source.read(outside), strict=False, assign=True)
@@ -59,7 +62,9 @@ def main() -> None:
         )
         disk.release(b)
     save_file(codes, out)
-    print(json.dumps({**memory, "rss_after_imports_bytes": at_start, "loading_peak_rss_bytes": loading_peak}))
+    print(
+        json.dumps({**memory, "rss_before_weights_bytes": at_start, "loading_peak_rss_bytes": loading_peak})
+    )
 
 
 if __name__ == "__main__":

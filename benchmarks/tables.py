@@ -316,7 +316,7 @@ def llm(r: dict) -> str:
         f"GPTQ 4-bit with the blocks on disk, in a process of its own: max_memory {size(mem['max_memory_bytes'])}"
         f" (half the fp32 checkpoint's {size(mem['fp32_bytes'])}), planned {size(mem['planned_bytes'])}, "
         f"activations {'on disk' if mem['activations_on_disk'] else 'in memory'}; peak RSS "
-        f"{size(mem['peak_above_imports_bytes'])} above the process's after imports; codes "
+        f"{size(mem['peak_above_start_bytes'])} above the process's before any weight was read; codes "
         f"{'equal to' if mem['codes_equal'] else 'DIFFERENT from'} GPTQ in memory ({mem['layers']} layers); "
         f"{mem['seconds']:.0f} s\n\n"
         if mem

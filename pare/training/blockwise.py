@@ -204,7 +204,10 @@ def _capture(
     def record(i, args, kwargs):
         if i == start and args:
             first.append(args[0])
-        calls[i].append(((None, *args[1:]) if args else args, dict(kwargs)))
+        a, k = ((None, *args[1:]) if args else args), dict(kwargs)
+        if calls[i]:  # batches of one shape share their masks and rotary tables: keep one copy
+            a, k = _shared(a, calls[i][-1][0]), _shared(k, calls[i][-1][1])
+        calls[i].append((a, k))
         if stop and i == len(blocks) - 1:
             raise _Stop
 
@@ -223,6 +226,24 @@ def _capture(
                 f"each block called once per forward pass as block(hidden_states, ...)"
             )
     return calls, first
+
+
+def _shared(value, before):
+    """``value`` with every tensor equal to the one in the same place of ``before`` replaced by
+    that one (the same object: the captured arguments of equal batches held once)."""
+    if isinstance(value, torch.Tensor):
+        same = (
+            isinstance(before, torch.Tensor)
+            and before.shape == value.shape
+            and before.dtype == value.dtype
+            and torch.equal(before, value)
+        )
+        return before if same else value
+    if type(value) in (tuple, list) and type(before) is type(value) and len(value) == len(before):
+        return type(value)(_shared(v, b) for v, b in zip(value, before))
+    if isinstance(value, dict) and isinstance(before, dict):
+        return {k: _shared(v, before.get(k)) for k, v in value.items()}
+    return value
 
 
 def _hidden(out):

@@ -29,7 +29,14 @@ from pare.techniques.quantize.export import embedding_int8, export_dynamic, expo
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
 from pare.techniques.quantize.tied import follow_quantized_heads
 from pare.training.blockwise import Offload, find_blocks, layer_by_layer
-from pare.training.offload import DiskBlocks, PeakRSS, block_tensors, tensor_bytes, write_blocks
+from pare.training.offload import (
+    DiskBlocks,
+    PeakRSS,
+    block_tensors,
+    tensor_bytes,
+    tensors_mapped_apart,
+    write_blocks,
+)
 from pare.training.resume import BlockProgress, fingerprint
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
@@ -365,7 +372,7 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
         console.print(
             f"  {config.method}: resuming after block {done} of {len(blocks)} (saved by an interrupted run)"
         )
-    with PeakRSS() as peak:
+    with tensors_mapped_apart(), PeakRSS() as peak:
         if source is None:
             source = write_blocks(model, blocks, folder / "float")
         reference = copy.deepcopy(model) if drift else None  # the blocks are empty now: a small copy
@@ -411,14 +418,17 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
 def _memory_plan(model, blocks, layers, copies: int) -> dict[str, int]:
     """What calibration with blocks on disk holds besides the activations (bytes): the tensors
     outside the blocks and one block (per copy: the model, and the float reference for GPTQ's
-    input drift), the block's quantized weights, and one layer's GPTQ working copies (float64
-    weight and error, the Hessian and its inverse factor)."""
+    input drift), the block's quantized weights, and one layer's GPTQ working set, float64: five
+    weight-sized tensors (the weight, its transposed copy, the codes, the per-column scales and
+    zero points) and four Hessian-sized ones (the statistics' X^T X, GPTQ's permuted copy, its
+    Cholesky factor and the inverse, then the inverse's factor). Not counted: the forward pass's
+    own intermediates for one batch (attention scores, the MLP's hidden layer), measured instead."""
     block_ids = {id(t) for b in blocks for t in block_tensors(model.get_submodule(b)).values()}
     outside = tensor_bytes(
         t for t in {id(t): t for t in block_tensors(model).values()}.values() if id(t) not in block_ids
     )
     block = max(tensor_bytes(block_tensors(model.get_submodule(b)).values()) for b in blocks)
-    work = max(8 * 3 * m.weight.numel() + 8 * 3 * m.weight.shape[1] ** 2 for m in layers)
+    work = max(8 * 5 * m.weight.numel() + 8 * 4 * m.weight.shape[1] ** 2 for m in layers)
     floor = copies * (outside + block) + block + work
     return {"outside_bytes": outside, "block_bytes": block, "work_bytes": work, "floor_bytes": floor}
 

@@ -183,7 +183,7 @@ def gptq(
             q = (col / s).round_().add_(z).clamp_(qmin, qmax)
             codes[i1 + i] = q
             err = (col - (q - z) * s).div_(hinv1[i, i])
-            w1[i:].sub_(hinv1[i, i:, None] * err[None, :])  # spread the error over later columns
+            w1[i:].addr_(hinv1[i, i:], err, alpha=-1)  # spread the error over later columns, in place
             err1[i] = err
         wt[i2:] -= hinv[i1:i2, i2:].T @ err1
     codes = codes.T
