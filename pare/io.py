@@ -57,14 +57,16 @@ def inside(root: str | Path, path: str | Path) -> Path:
 
 
 def remove_tree(root: str | Path, path: str | Path) -> None:
-    """Delete the folder ``path`` (if it exists) only after ``inside`` has placed it in ``root``."""
+    """Delete the folder or file ``path`` (if it exists) only after ``inside`` has placed it in ``root``."""
     target = inside(root, path)
     if target == Path(root).resolve():
         raise ValueError(f"remove_tree: refusing to delete the run folder {str(target)!r} itself")
     if Path(path).is_symlink():  # a link placed in the folder: remove the link, never its target
         Path(path).unlink()
-    elif target.exists():
+    elif target.is_dir():
         shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
 
 
 def digest(path: str | Path) -> dict:

@@ -157,11 +157,8 @@ def _clear_stage(out: Path, folder: Path, keep_work: bool) -> None:
             continue
         if child.is_dir() and not child.is_symlink() and (child / WORK).is_dir():
             _clear_stage(out, child, keep_work)  # a fold's folder
-        elif child.is_dir() and not child.is_symlink():
-            remove_tree(out, child)
         else:
-            inside(out, child.parent)
-            child.unlink()
+            remove_tree(out, child)
 
 
 def _announce(step, index: int, reused: dict | None) -> None:
