@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from pare.errors import UnsupportedModelError
-from pare.training.offload import Activations, DiskBlocks
+from pare.training.offload import Activations, DiskBlocks, PeakRSS
 
 Observe = Callable[..., None]
 Feed = Callable[[Observe], None]
@@ -296,26 +296,47 @@ class _BlockRun:
 class Offload:
     """Blocks on disk (``pare.training.offload``): the model's and the reference's; and the hidden
     states between blocks, which go to files under ``spill`` when the inputs and outputs of a
-    block (the reference's too) take more than ``room`` bytes (None: they stay in memory). The
-    first ``done`` blocks were calibrated before (a resumed run): the capture pass runs through
-    them as saved, and calibration starts at the next."""
+    block (the reference's too) take more than ``room`` bytes (None: they stay in memory) less
+    what one block's forward pass takes, measured once the inputs are captured and passed to
+    ``check`` (which may refuse it). The tensors outside the blocks are set aside on disk while
+    the blocks are calibrated. The first ``done`` blocks were calibrated before (a resumed run):
+    the capture pass runs through them as saved, and calibration starts at the next."""
 
     blocks: DiskBlocks
     reference: DiskBlocks | None = None
     spill: Path | None = None
     room: int | None = None
     activation_bytes: int = 0  # what one block's inputs and outputs take, set after the capture
+    forward_bytes: int = 0  # resident memory one block's forward on the largest batch added
     spilling: bool = False
     stores: int = 0
     done: int = 0  # blocks calibrated by an interrupted run (on disk already): calibration resumes after them
     finished: Callable[[int], None] | None = None  # called with the count of blocks done, as each is saved
+    check: Callable[[int], None] | None = None  # called with forward_bytes before any block is calibrated
 
     def streaming(self) -> list:
         return self.blocks.streaming() + (self.reference.streaming() if self.reference else [])
 
+    def disks(self) -> list[DiskBlocks]:
+        return [self.blocks] + ([self.reference] if self.reference else [])
+
+    def measure(self, run: _BlockRun, sizes: list[int]) -> None:
+        """Run the block of ``run`` (held in memory) on its largest batch (``sizes``: each batch's
+        hidden-state elements) and keep the resident memory that added: attention scores and the
+        MLP's hidden layer, which depend on the attention's implementation, so they are measured
+        rather than computed (with the mmap threshold held low, each is pages of its own)."""
+        largest = max(range(len(sizes)), key=sizes.__getitem__)
+        item = next(itertools.islice(run.items, largest, None))
+        with PeakRSS() as mem:
+            _each(run._call, run.models, [item])
+        # where the high-water mark cannot be reset (no /proc), it cannot be measured: 0
+        self.forward_bytes = max(0, mem.peak - mem.start) if mem.reset and mem.start else 0
+        if self.check is not None:
+            self.check(self.forward_bytes)
+
     def plan(self, hidden: list[torch.Tensor], copies: int) -> None:
         self.activation_bytes = 2 * copies * sum(t.numel() * t.element_size() for t in hidden)
-        self.spilling = self.room is not None and self.activation_bytes > self.room
+        self.spilling = self.room is not None and self.activation_bytes > self.room - self.forward_bytes
 
     def store(self) -> Activations:
         self.stores += 1
@@ -362,15 +383,23 @@ def layer_by_layer(
         if reference is not None
         else (None, None)
     )
-    if offload is not None:  # the captured inputs go where the outputs will
+    aside = offload is not None and start < len(blocks)  # else a resumed run has every block done
+    if aside:
+        for disk in offload.disks():
+            disk.hold(blocks[start])
+        run = _BlockRun(
+            model, reference, blocks[start], calls[start], hidden, ref_calls and ref_calls[start], ref_hidden
+        )
+        offload.measure(run, [t.numel() for t in hidden])
         offload.plan(hidden, 1 if reference is None else 2)
+        # the captured inputs go where the outputs will; the rest of the model waits on disk
         hidden = _stored(offload.store(), hidden)
         ref_hidden = ref_hidden and _stored(offload.store(), ref_hidden)
+        for disk in offload.disks():
+            disk.set_rest_aside()
     for i, block_name in enumerate(blocks[start:], start):
-        if offload is not None:
-            offload.blocks.hold(block_name)
-            if offload.reference is not None:
-                offload.reference.hold(block_name)
+        for disk in offload.disks() if offload is not None else []:
+            disk.hold(block_name)
         run = _BlockRun(
             model, reference, block_name, calls[i], hidden, ref_calls and ref_calls[i], ref_hidden
         )
@@ -389,6 +418,8 @@ def layer_by_layer(
             offload.reference.let_go(block_name, changed=False)
         if offload.finished is not None:
             offload.finished(i + 1)
+    for disk in offload.disks() if aside else []:
+        disk.restore_rest()
     for group in groups[first + len(inside) :]:
         yield group, model_feed(model, group, batches, reference, stop, streaming)
 

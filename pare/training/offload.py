@@ -7,7 +7,9 @@ between ``load`` and ``release`` they are in memory, otherwise each tensor holds
 their names). A block starts from a ``TensorFiles`` source (an Hugging Face checkpoint read
 tensor by tensor through a memory map, so the model itself can be built on the meta device and
 never be whole in memory), or from the block as it was in memory when offloading began
-(written out first). A block that a method changed is written back on release.
+(written out first). A block that a method changed is written back on release. The tensors
+outside the blocks (token table, head) are set aside in a file of their own while the blocks
+are calibrated one by one, and come back for whole-model passes.
 
 ``Activations`` is the list of a block's per-batch hidden states, kept in memory or, past the
 budget, in one file per batch read back as each batch is used.
@@ -188,6 +190,29 @@ class DiskBlocks:
         for b in self.blocks:
             self.load(b)
 
+    def rest(self) -> dict[str, torch.Tensor]:
+        """The model's tensors outside the blocks (token table, final norm, head) by name."""
+        inside = {id(t) for b in self.blocks for t in block_tensors(self.model.get_submodule(b)).values()}
+        return {n: t for n, t in block_tensors(self.model).items() if id(t) not in inside and not t.is_meta}
+
+    def set_rest_aside(self) -> None:
+        """Write the tensors outside the blocks to a file of ours and free them: calibrating one
+        block needs none of them (SmolLM2's token table alone is 113 MB, 21 % of the model), a
+        whole-model pass needs them all (``restore_rest``)."""
+        tensors = self.rest()
+        tmp = self.folder / "rest.tmp"
+        save_file({n: t.detach().contiguous() for n, t in tensors.items()}, str(tmp))
+        os.replace(tmp, self.folder / "rest.safetensors")
+        for t in tensors.values():
+            t.data = _empty(t)
+        return_freed_memory()
+
+    def restore_rest(self) -> None:
+        saved = load_file(str(self.folder / "rest.safetensors"))
+        for n, t in self.rest().items():
+            if n in saved:
+                t.data = saved[n]
+
     def streaming(self) -> list:
         """Hooks that load each block before it runs and release it after (whole-model passes with
         one block in memory); the caller removes them."""
@@ -287,19 +312,27 @@ class Activations:
 class PeakRSS:
     """The process's peak resident memory while the block runs: Linux's high-water mark
     (VmHWM), reset on entry through /proc/self/clear_refs; where that cannot be reset, the
-    lifetime peak (``reset`` False says so)."""
+    lifetime peak (``reset`` False says so). Nested measures are right: the reset an inner one
+    makes is first read into the ones open around it."""
+
+    _open: list[PeakRSS] = []
 
     def __enter__(self):
+        for outer in PeakRSS._open:
+            outer.seen = max(outer.seen, peak_rss())
         try:
             Path("/proc/self/clear_refs").write_text("5")
             self.reset = True
         except OSError:
             self.reset = False
+        self.seen = 0
         self.start = rss()
+        PeakRSS._open.append(self)
         return self
 
     def __exit__(self, *exc):
-        self.peak = peak_rss()
+        PeakRSS._open.remove(self)
+        self.peak = max(self.seen, peak_rss())
         return False
 
 

@@ -17,7 +17,8 @@ from pare.formats.schemes import WeightSpec
 from pare.techniques.quantize.apply import _calibrate, _memory_plan, calibrate_offloaded, wrap_layers
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.layers import QuantLayer
-from pare.training.offload import TensorFiles, block_tensors
+from pare.training.blockwise import Offload
+from pare.training.offload import PeakRSS, TensorFiles, block_tensors
 from tests.training.test_blockwise import batches, llama
 
 SPEC = WeightSpec(bits=3, granularity="per_group", group_size=16, full_range=True)
@@ -58,7 +59,7 @@ def in_memory(base, drift):
 
 @pytest.mark.parametrize("drift", [False, True], ids=["plain", "input-drift"])
 @pytest.mark.parametrize("spill", [False, True], ids=["activations-in-memory", "activations-on-disk"])
-def test_blocks_on_disk_give_the_codes_of_calibration_in_memory(tmp_path, drift, spill):
+def test_blocks_on_disk_give_the_codes_of_calibration_in_memory(tmp_path, drift, spill, monkeypatch):
     base = llama()
     expected = in_memory(base, drift)
     model = copy.deepcopy(base)
@@ -66,6 +67,8 @@ def test_blocks_on_disk_give_the_codes_of_calibration_in_memory(tmp_path, drift,
         model, BLOCKS, [m for m in model.modules() if isinstance(m, torch.nn.Linear)], 2 if drift else 1
     )
     budget = plan["floor_bytes"] + (1 if spill else 2**30)  # no room for activations, or plenty
+    if spill:  # the forward pass's measured memory (a few pages here) left out of the budget
+        monkeypatch.setattr(Offload, "measure", lambda self, run, sizes: None)
     disk, errors, memory = calibrate_offloaded(
         model, specs(model), batches(), config(budget, drift), tmp_path
     )
@@ -117,6 +120,22 @@ def test_a_budget_below_one_block_is_refused_with_the_minimum(tmp_path):
         calibrate_offloaded(model, specs(model), batches(), config("10KB"), tmp_path)
     assert not any(tmp_path.iterdir())  # refused before anything was written
     assert all(t.numel() for t in model.state_dict().values())  # and the model left whole
+
+
+def test_a_budget_below_one_blocks_forward_pass_is_refused_before_any_block_is_calibrated(tmp_path):
+    """The forward pass of one calibration batch through a block (here attention scores of 16 x 4
+    heads x 64^2 floats, 1 MiB) is measured after the capture and counted against the budget."""
+    model = llama()
+    chosen = specs(model)
+    plan = _memory_plan(model, BLOCKS, [model.get_submodule(n) for n in chosen], 1)
+    long = [torch.randint(0, 50, (16, 64), generator=torch.Generator().manual_seed(2))]
+    with pytest.raises(
+        ConfigError,
+        match=r"less than calibration needs: .* its forward pass on a calibration batch, measured at "
+        r"(1\.[0-9]|[2-9]\.[0-9]) MB .*raise max_memory to at least",
+    ):
+        calibrate_offloaded(model, chosen, long, config(plan["floor_bytes"] + 4096), tmp_path)
+    assert not (tmp_path / "progress.json").exists()  # no block was calibrated
 
 
 def test_max_memory_options_are_checked():
@@ -184,3 +203,16 @@ def test_a_record_from_other_options_is_not_reused(tmp_path, monkeypatch, capsys
     assert (
         "is from another model, options or data; calibrating from the first block" in capsys.readouterr().err
     )
+
+
+def test_a_peak_measured_inside_another_leaves_the_outer_peak_right():
+    with PeakRSS() as outer:
+        big = torch.ones(16 * 2**20)  # 64 MiB, its own pages, handed back when freed
+        del big
+        with PeakRSS() as inner:  # resets the high-water mark the outer one reads
+            small = torch.ones(2 * 2**20)  # 8 MiB
+            del small
+    if not (outer.reset and inner.reset):
+        pytest.skip("the high-water mark cannot be reset here (/proc/self/clear_refs)")
+    assert outer.peak - outer.start >= 60 * 2**20
+    assert 6 * 2**20 <= inner.peak - inner.start < 40 * 2**20

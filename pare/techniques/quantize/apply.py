@@ -328,10 +328,12 @@ def quantize_embeddings(model: nn.Module, tables: list[str], exclude: list[str])
 
 def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: Path, source=None):
     """GPTQ or AWQ (``_calibrate``) with the model's decoder blocks on disk under ``folder``, one
-    in memory at a time, within ``config.max_memory``: the weights outside the blocks (token
-    table, head), one block in float and quantized, the method's working copies of one layer
-    (``pare.training.offload``), and the hidden states between blocks, which go to disk when
-    they do not fit in what is left. ``source``: a ``TensorFiles`` the blocks start from (the
+    in memory at a time, within ``config.max_memory`` (``_memory_plan``): one block in float and
+    quantized, the method's working copies of one layer, one batch's forward pass through a
+    block (measured before the first block is calibrated, and refused if it does not fit), and
+    the hidden states between blocks, which go to disk when they do not fit in what is left; the
+    weights outside the blocks (token table, head) are in memory only for the whole-model
+    passes (``pare.training.offload``). ``source``: a ``TensorFiles`` the blocks start from (the
     model then built on the meta device, only the rest of it in memory); without it the blocks
     in memory are written out first. Layers are wrapped block by block as they are read. Each
     calibrated block is final on disk, and recorded (``pare.training.resume``): called again on
@@ -351,14 +353,27 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
     drift = config.method == "gptq" and config.input_drift
     copies = 2 if drift else 1
     plan = _memory_plan(model, blocks, [model.get_submodule(n) for n in linear], copies)
-    if plan["floor_bytes"] > budget:
+    if max(plan["floor_bytes"], plan["capture_bytes"]) > budget:
         raise ConfigError(
-            f"max_memory: {config.max_memory!r} is less than one block needs: {_mb(plan['floor_bytes'])} "
-            f"(block {blocks[0]!r}: {_mb(plan['block_bytes'])} in float, held with its quantized copy"
-            f"{' and the float reference' if drift else ''}; weights outside the blocks "
-            f"{_mb(plan['outside_bytes'])}{' twice' if drift else ''}; one layer's working copies "
-            f"{_mb(plan['work_bytes'])}); raise max_memory to at least {_mb(plan['floor_bytes'])}"
+            f"max_memory: {config.max_memory!r} is less than one block needs: "
+            f"{_mb(max(plan['floor_bytes'], plan['capture_bytes']))} (block {blocks[0]!r}: "
+            f"{_mb(plan['block_bytes'])} in float, held with its quantized copy"
+            f"{' and the float reference' if drift else ''}, and one layer's working copies "
+            f"{_mb(plan['work_bytes'])}; while the inputs are captured, the weights outside the blocks "
+            f"{_mb(plan['outside_bytes'])}{' twice' if drift else ''} beside one block); raise max_memory "
+            f"to at least {_mb(max(plan['floor_bytes'], plan['capture_bytes']))}"
         )
+
+    def check(forward: int) -> None:
+        if plan["floor_bytes"] + forward > budget:
+            raise ConfigError(
+                f"max_memory: {config.max_memory!r} is less than calibration needs: one block "
+                f"{_mb(plan['floor_bytes'])} (with its quantized copy and one layer's working copies) "
+                f"and its forward pass on a calibration batch, measured at {_mb(forward)} (about "
+                f"{BATCH_TOKENS:,} tokens a batch); raise max_memory to at least "
+                f"{_mb(plan['floor_bytes'] + forward)}"
+            )
+
     options = {k: v for k, v in to_dict(config).items() if k != "max_memory"}  # the budget changes no code
     options["specs"] = {n: dataclasses.asdict(s) for n, s in specs.items()}
     progress = BlockProgress(
@@ -387,7 +402,7 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
 
         disk = DiskBlocks(model, blocks, folder / "quantized", source, prepare, saved)
         ref_disk = DiskBlocks(reference, blocks, folder / "reference", source) if drift else None
-        room = budget - plan["floor_bytes"]
+        room = budget - plan["floor_bytes"]  # less the forward pass, once measured
         offload = Offload(
             disk,
             ref_disk,
@@ -395,6 +410,7 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
             room=room,
             done=done,
             finished=lambda n: progress.save(n, errors),
+            check=check,
         )
         _calibrate(model, specs, batches, config, reference, offload, errors)
     memory = {
@@ -402,7 +418,14 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
         "max_memory_bytes": budget,
         "activation_bytes": offload.activation_bytes,
         "activations_on_disk": offload.spilling,
-        "planned_bytes": plan["floor_bytes"] + (0 if offload.spilling else offload.activation_bytes),
+        "forward_bytes": offload.forward_bytes,
+        # the larger of the two phases: capture (the rest of the model in memory, the first block's
+        # inputs gathered: half the activations) and block by block
+        "planned_bytes": offload.forward_bytes
+        + max(
+            plan["capture_bytes"] + offload.activation_bytes // 2,
+            plan["floor_bytes"] + (0 if offload.spilling else offload.activation_bytes),
+        ),
         "rss_start_bytes": peak.start,
         "peak_rss_bytes": peak.peak,
         "peak_rss_since_start": peak.reset,  # False: the process's lifetime peak
@@ -416,21 +439,28 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
 
 
 def _memory_plan(model, blocks, layers, copies: int) -> dict[str, int]:
-    """What calibration with blocks on disk holds besides the activations (bytes): the tensors
-    outside the blocks and one block (per copy: the model, and the float reference for GPTQ's
-    input drift), the block's quantized weights, and one layer's GPTQ working set, float64: five
-    weight-sized tensors (the weight, its transposed copy, the codes, the per-column scales and
-    zero points) and four Hessian-sized ones (the statistics' X^T X, GPTQ's permuted copy, its
-    Cholesky factor and the inverse, then the inverse's factor). Not counted: the forward pass's
-    own intermediates for one batch (attention scores, the MLP's hidden layer), measured instead."""
+    """What calibration with blocks on disk holds besides the hidden states and one batch's
+    forward pass (measured as calibration starts), in bytes. While the blocks' inputs are
+    captured (``capture_bytes``): the tensors outside the blocks and one block, per copy (the
+    model, and the float reference for GPTQ's input drift). While each block is calibrated
+    (``floor_bytes``), the tensors outside the blocks set aside on disk: the block per copy, its
+    quantized weights, and one layer's GPTQ working set, float64: five weight-sized tensors (the
+    weight, its transposed copy, the codes, the per-column scales and zero points) and four
+    Hessian-sized ones (the statistics' X^T X, GPTQ's permuted copy, its Cholesky factor and the
+    inverse, then the inverse's factor)."""
     block_ids = {id(t) for b in blocks for t in block_tensors(model.get_submodule(b)).values()}
     outside = tensor_bytes(
         t for t in {id(t): t for t in block_tensors(model).values()}.values() if id(t) not in block_ids
     )
     block = max(tensor_bytes(block_tensors(model.get_submodule(b)).values()) for b in blocks)
     work = max(8 * 5 * m.weight.numel() + 8 * 4 * m.weight.shape[1] ** 2 for m in layers)
-    floor = copies * (outside + block) + block + work
-    return {"outside_bytes": outside, "block_bytes": block, "work_bytes": work, "floor_bytes": floor}
+    return {
+        "outside_bytes": outside,
+        "block_bytes": block,
+        "work_bytes": work,
+        "capture_bytes": copies * (outside + block),
+        "floor_bytes": copies * block + block + work,
+    }
 
 
 def _mb(n: int | None) -> str:
