@@ -6,8 +6,12 @@ held out; test windows of 256 tokens). Every row is scored on the same test wind
 fp32 torch model: perplexity, its increase (with a paired 95 % interval), the KL divergence of
 next-token distributions (a lower bound over the baseline's top 32 tokens) and the share of
 positions with the same top token. Speed is what a user of LLMs reads: prefill milliseconds for
-a prompt and greedy decode tokens per second at batch 1 through the KV cache, every row timed in
-turn, round after round, on the same threads; ratios against fp32 in the same runtime. pare's
+a prompt and greedy decode tokens per second at batch 1 through the KV cache, and at batch 8 (the
+first prompt in 8 rows, every row's tokens counted), every row timed in turn, round after round,
+on the same threads; ratios against fp32 in the same runtime. The peak resident memory of
+generation (the model loaded, then the first prompt continued at batch 1 and at batch 8) is
+measured for each ONNX Runtime row in a process of its own, above that process before the
+model. pare's
 rows also give the quantize stage's peak resident memory above the process's before it (the
 stage's own copy of the fp32 model, 538 MB, included: ``pare.compress`` leaves its input intact).
 
@@ -41,8 +45,10 @@ not decided).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,8 +96,12 @@ NOT_RUN = {
     "torchao int4 weight-only": "torchao {torchao} installs beside torch 2.13.0 but its int4 weight-only "
     "has no CPU kernel: the plain and preshuffled layouts need the mslk package (CUDA), plain_int32 "
     "'does not support device cpu', tile_packed_to_4d needs CUDA (its int8 weight-only is a row)",
-    "decode at batch 8, generation peak memory": "not measured yet",
+    "llama.cpp at batch 8, and its generation memory": "the llama-cpp-python wrapper here runs one "
+    "sequence (batch 1) in the benchmark's own process",
+    "generation memory of the torch rows": "they run in the benchmark's own process, beside every "
+    "other row; ONNX Runtime rows are measured each in a process of its own",
 }
+BATCH = 8  # the throughput rows: the first prompt in this many rows at once
 
 
 def ort_quantized(fp32_onnx: Path, out: Path) -> None:
@@ -146,10 +156,12 @@ def quality(task, model, part: Part, reference) -> dict:
     return {"metrics": metrics, "tokens": ev.details["tokens"], "windows": ev.details["windows"], "out": out}
 
 
-def speed(runners: dict, tokenizer, rounds: int, new_tokens: int) -> dict:
+def speed(runners: dict, tokenizer, rounds: int, new_tokens: int, one_row: set[str]) -> dict:
     """Median prefill ms and decode tokens/s per runner over ``rounds`` x the default prompts,
-    the runners taking turns (so the drift of a shared machine hits all alike)."""
-    seen: dict[str, dict[str, list]] = {n: {"prefill": [], "decode": []} for n in runners}
+    and decode tokens/s (every row counted) with the first prompt in ``BATCH`` rows, but for the
+    runners in ``one_row``; the runners take turns (so the drift of a shared machine hits all
+    alike)."""
+    seen: dict[str, dict[str, list]] = {n: {"prefill": [], "decode": [], "batched": []} for n in runners}
     for r in range(rounds + 1):  # round 0 warms every runner up
         for name, model in runners.items() if r % 2 else reversed(runners.items()):
             for prompt in DEFAULT_PROMPTS:
@@ -157,13 +169,31 @@ def speed(runners: dict, tokenizer, rounds: int, new_tokens: int) -> dict:
                 if r:
                     seen[name]["prefill"].append(g["prefill_ms"])
                     seen[name]["decode"].append(g["decode_tokens_per_s"] or float("nan"))
+            if name not in one_row:
+                g = greedy(model, tokenizer, DEFAULT_PROMPTS[0], new_tokens, batch=BATCH)
+                if r:
+                    seen[name]["batched"].append(g["decode_tokens_per_s"] or float("nan"))
     return {
         n: {
             "prefill_ms": statistics.median(v["prefill"]),
             "decode_tokens_per_s": statistics.median(v["decode"]),
+            "batched_tokens_per_s": statistics.median(v["batched"]) if v["batched"] else None,
         }
         for n, v in seen.items()
     }
+
+
+def generation_memory(path: Path, tokenizer_dir: Path, new_tokens: int) -> dict:
+    """Peak resident memory of loading the ONNX model at ``path`` and generating at batch 1 and
+    at ``BATCH``, in a process of its own (``_generation_memory.py``), above that process before
+    the model."""
+    return json.loads(
+        run_script(
+            [sys.executable, str(Path(HERE) / "_generation_memory.py"), str(path), str(tokenizer_dir)]
+            + [DEFAULT_PROMPTS[0], str(new_tokens), str(BATCH)],
+            f"generation memory of {path}",
+        )
+    )
 
 
 def calibration_windows(split, config: dict) -> list:
@@ -270,6 +300,7 @@ def main() -> None:
     part = Part(split.test.X[:windows], split.test.y[:windows])
     task = get_task("language_model")
     tmp = Path(tempfile.mkdtemp(prefix="pare-llm-"))
+    atexit.register(shutil.rmtree, tmp, True)  # 1.8 GB of graphs and checkpoints
 
     artifacts, seconds, peaks = {}, {}, {}  # peaks: quantize's resident memory above its start
     t0 = time.perf_counter()
@@ -384,12 +415,18 @@ def main() -> None:
         if name not in scored:
             scored[name] = quality(task, make(), part, base["out"])
             return_freed_memory()  # the session and its arena are gone: hand the heap back
+    new_tokens = 8 if args.quick else 32
     times = speed(
         {n: v[0]() for n, v in variants.items() if n != LLMCOMPRESSOR},
         tokenizer,
         rounds=1 if args.quick else 3,
-        new_tokens=8 if args.quick else 32,
+        new_tokens=new_tokens,
+        one_row={LLAMA_CPP},
     )
+    graphs = {"fp32": fp32_onnx, "ort-rtn": ort_rtn} | {
+        key: tmp / key / "model.onnx" for *_, key in variants.values() if (tmp / key / "model.onnx").is_file()
+    }
+    memory = {key: generation_memory(path, tmp / "rtn-acc0", new_tokens) for key, path in graphs.items()}
     rows = []
     for name, (_, runtime, tool, key) in variants.items():
         q = scored[name]
@@ -412,6 +449,17 @@ def main() -> None:
                 "decode_ratio": timed
                 and timed["decode_tokens_per_s"] / times[same_runtime]["decode_tokens_per_s"],
                 "prefill_ratio": timed and times[same_runtime]["prefill_ms"] / timed["prefill_ms"],
+                "batched_tokens_per_s": timed and timed["batched_tokens_per_s"],
+                "batched_ratio": timed
+                and timed["batched_tokens_per_s"]
+                and timed["batched_tokens_per_s"] / times[same_runtime]["batched_tokens_per_s"],
+                # the torch rows share this process: measured for the ONNX Runtime rows only
+                "generation_peak_bytes": memory[key]["peak_batch_1_bytes"]
+                if key in memory and runtime == "onnxruntime"
+                else None,
+                "generation_peak_batched_bytes": memory[key]["peak_batch_b_bytes"]
+                if key in memory and runtime == "onnxruntime"
+                else None,
                 "tokens": q["tokens"],
                 "seconds": seconds[key],
                 "quantize_peak_bytes": peaks.get(key.rsplit("-acc", 1)[0]),
@@ -491,6 +539,14 @@ def main() -> None:
             ("prefill ms", lambda r: f"{r['prefill_ms']:.0f}" if r["prefill_ms"] else "-"),
             ("decode tok/s", lambda r: f"{r['decode_tokens_per_s']:.1f}" if r["prefill_ms"] else "-"),
             ("decode x", lambda r: f"{r['decode_ratio']:.2f}" if r["prefill_ms"] else "-"),
+            (
+                f"b{BATCH} tok/s",
+                lambda r: f"{r['batched_tokens_per_s']:.1f}" if r["batched_tokens_per_s"] else "-",
+            ),
+            (
+                "gen MB",
+                lambda r: f"{r['generation_peak_bytes'] / 1e6:.0f}" if r["generation_peak_bytes"] else "-",
+            ),
             ("s", lambda r: f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"),
             (
                 "peak MB",
@@ -521,6 +577,8 @@ def main() -> None:
             "window_tokens": int(part.X.shape[1]),
             "scored_tokens": base["tokens"],
             "prompts": list(DEFAULT_PROMPTS),
+            "new_tokens": new_tokens,
+            "batch": BATCH,
             "threads": torch.get_num_threads(),
         },
     )

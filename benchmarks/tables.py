@@ -297,16 +297,23 @@ def llm(r: dict) -> str:
                 f"{row['decode_tokens_per_s']:.1f} ({row['decode_ratio']:.2f}×)"
                 if row["prefill_ms"]
                 else "—",
+                f"{row['batched_tokens_per_s']:.1f} ({row['batched_ratio']:.2f}×)"
+                if row.get("batched_ratio")
+                else "—",
+                size(row.get("generation_peak_bytes")),
                 f"{row['seconds']:.0f}" if row["seconds"] is not None else "—",
                 size(row.get("quantize_peak_bytes")),
             ]
         )
+    batch = r.get("setup", {}).get("batch", 8)
     header = ["variant", "tool", "runtime", "perplexity [95 % CI]", "increase [95 % CI]", "KL", "same top"]
     header += [
         "file",
         "smaller",
         "prefill ms",
         "decode tokens/s (× fp32, same runtime)",
+        f"decode at batch {batch}, tokens/s (×)",
+        "generation peak RSS",
         "quantize + export s",
         "quantize peak RSS",
     ]

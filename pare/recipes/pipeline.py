@@ -88,10 +88,14 @@ def _tokenizer(recipe: Recipe):
     return load_tokenizer(*source(recipe.model))
 
 
+GENERATION_BATCH = 8  # the throughput row: the first prompt in this many rows at once
+
+
 def generations(recipe: Recipe, model: nn.Module, artifact: Artifact) -> dict | None:
     """The recipe's prompts continued by a pretrained causal LM stage in the runtime it ships in:
     its ONNX graph with a KV cache where it ships one, else the torch model ({"runtime",
-    "prompts"}; None for other models)."""
+    "prompts", and "batched": the first prompt at ``GENERATION_BATCH`` rows}; None for other
+    models)."""
     from pare.export.onnx_lm import STAGE_GRAPH, OrtCausalLM
     from pare.generate import causal_backbone, greedy
     from pare.models.hf import CausalLM
@@ -103,7 +107,12 @@ def generations(recipe: Recipe, model: nn.Module, artifact: Artifact) -> dict | 
         model, runtime = CausalLM(OrtCausalLM(artifact.path)), "onnxruntime"
     tokenizer = _tokenizer(recipe)
     n = recipe.evaluate.max_new_tokens
-    return {"runtime": runtime, "prompts": [greedy(model, tokenizer, p, n) for p in recipe.evaluate.prompts]}
+    prompts = recipe.evaluate.prompts
+    return {
+        "runtime": runtime,
+        "prompts": [greedy(model, tokenizer, p, n) for p in prompts],
+        "batched": greedy(model, tokenizer, prompts[0], n, batch=GENERATION_BATCH),
+    }
 
 
 def recipe_splits(recipe: Recipe) -> list[Split]:

@@ -200,6 +200,32 @@ def _generation(results: dict) -> list[tuple]:
             ("p", f"Prompt {i + 1}: *{prompt['prompt']}*"),
             ("table", ["stage", "runtime", "continuation", "prefill", "decode"], rows),
         ]
+    batched = [(s, s["cost"]["generation"].get("batched")) for s in stages]
+    batched = [(s, g) for s, g in batched if g]  # runs from before batched throughput was measured
+    if batched:
+        b = batched[0][1]
+        blocks += [
+            (
+                "p",
+                f"Throughput: prompt 1 in {b['batch']} rows at once ({b['prompt_tokens']} tokens each, "
+                f"{b['new_tokens']} new), decode tokens/s counting every row.",
+            ),
+            (
+                "table",
+                ["stage", "runtime", "prefill", "decode"],
+                [
+                    [
+                        s["name"],
+                        s["cost"]["generation"]["runtime"],
+                        f"{g['batch']} × {g['prompt_tokens']} tokens in {g['prefill_ms']:.0f} ms",
+                        "—"
+                        if g["decode_tokens_per_s"] is None
+                        else f"{g['decode_tokens_per_s']:.1f} tokens/s",
+                    ]
+                    for s, g in batched
+                ],
+            ),
+        ]
     return blocks
 
 

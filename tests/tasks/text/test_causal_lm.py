@@ -122,6 +122,10 @@ def test_run_on_a_pretrained_lm_measures_the_model_as_loaded(tmp_path, arch):
         assert all(
             g["new_tokens"] == 32 and g["prefill_ms"] > 0 and g["decode_tokens_per_s"] > 0 for g in prompts
         )
+        batched = stage["cost"]["generation"]["batched"]  # the first prompt in 8 rows: its text
+        assert batched["batch"] == 8 and batched["text"] == prompts[0]["text"]
+        assert batched["decode_tokens_per_s"] > 0
+    assert "Throughput: prompt 1 in 8 rows at once" in report
 
 
 def test_greedy_loop_with_a_cache_equals_transformers_generate(tiny_llama):
@@ -135,6 +139,8 @@ def test_greedy_loop_with_a_cache_equals_transformers_generate(tiny_llama):
     ref = model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
     assert out["text"] == tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
     assert out["prompt_tokens"] == ids.shape[1] and out["new_tokens"] == 12
+    rows = greedy(model, tok, "The with statement", max_new_tokens=12, batch=3)  # rows decode alike
+    assert rows["text"] == out["text"] and rows["batch"] == 3 and rows["new_tokens"] == 12
 
 
 def test_pare_generate_answers_from_a_stage_folder(tmp_path, tiny_llama, capsys):

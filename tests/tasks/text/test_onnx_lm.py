@@ -42,6 +42,7 @@ def _same_as_the_stage(stage_folder, onnx_folder, atol=1e-4):
     tok = load_tokenizer(onnx_folder)
     prompt = "The with statement is used to"
     assert greedy(ort, tok, prompt, 12)["text"] == greedy(ours, tok, prompt, 12)["text"]
+    assert greedy(ort, tok, prompt, 12, batch=4)["text"] == greedy(ours, tok, prompt, 12)["text"]
 
 
 @pytest.mark.slow
