@@ -10,14 +10,14 @@ import torch
 import torch.nn as nn
 
 from pare.cost import count_flops, count_params
-from pare.errors import UnsupportedModelError
+from pare.errors import ConfigError, UnsupportedModelError
 from pare.formats.sparse import save_sparse
 from pare.graph.surgery import channel_groups, reshape, shapes, shrink
 from pare.graph.tracing import trace
 from pare.registry import register
 from pare.selection import select_layers
 from pare.tasks import get_task
-from pare.techniques.prune import criteria, transformer
+from pare.techniques.prune import criteria, oneshot, transformer
 from pare.techniques.prune.blocks import drop, residual_blocks
 from pare.techniques.prune.config import PruneConfig
 from pare.techniques.prune.unstructured import (
@@ -83,7 +83,7 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
                 model, config, ctx, fraction, example, before
             )
         else:
-            masks = _mask_step(model, config, ctx, fraction, selected)
+            masks = _mask_step(model, config, ctx, fraction, selected, info)
         if config.recalibrate_bn:
             recalibrate_batchnorm(model, _score_batches(ctx, config))
         if config.finetune_epochs:
@@ -233,7 +233,9 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> None:
     model.train(was_training)
 
 
-def _mask_step(model, config, ctx, fraction, selected) -> dict[str, torch.Tensor]:
+def _mask_step(model, config, ctx, fraction, selected, info) -> dict[str, torch.Tensor]:
+    if config.one_shot:
+        return _one_shot(model, config, ctx, fraction, selected, info)
     grads = (
         criteria.gradients(model, list(selected.values()), _score_batches(ctx, config), ctx.split.kind)
         if config.criterion in criteria.NEEDS_GRADIENTS
@@ -253,6 +255,38 @@ def _mask_step(model, config, ctx, fraction, selected) -> dict[str, torch.Tensor
         for n, mask in masks.items():
             selected[n].weight.mul_(mask)
     return masks
+
+
+def _one_shot(model, config, ctx, fraction, selected, info) -> dict[str, torch.Tensor]:
+    """Wanda or SparseGPT on the selected Linear layers (``oneshot``), from calibration windows
+    of the training split; a token table tied to a layer keeps that layer dense (its rows are
+    the embeddings too)."""
+    from pare.techniques.quantize.apply import calibration_batches
+
+    others = {n: type(m).__name__ for n, m in selected.items() if not isinstance(m, nn.Linear)}
+    if others:
+        raise ConfigError(
+            f"criterion: {config.criterion!r} prunes Linear layers from their inputs; these are not: "
+            f"{others}; exclude them or use criterion: l1"
+        )
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    tied = [n for n, m in selected.items() if id(m.weight) in tables]
+    layers = {n: m for n, m in selected.items() if n not in tied}
+    if config.method == "n_m":
+        odd = {n: m.in_features for n, m in layers.items() if m.in_features % config.m}
+        if odd:
+            raise ConfigError(
+                f"m: {config.m} does not divide the inputs of {odd}; exclude those layers or choose m dividing them"
+            )
+    n_m = (config.n, config.m) if config.method == "n_m" else None
+    batches = calibration_batches(ctx, config)
+    info["calibration_tokens"] = sum(b.numel() for b in batches) if batches[0].dim() == 2 else None
+    if tied:
+        info["kept_dense"] = {n: "tied to the token table" for n in tied}
+    info["reconstruction_error"] = oneshot.prune_layers(
+        model, layers, batches, config.criterion, fraction, n_m, config.damp
+    )
+    return {n: (m.weight.detach() != 0).float() for n, m in layers.items()}
 
 
 def _structured_step(model, config, ctx, fraction, originals, selected, example, before) -> Counter:

@@ -13,7 +13,8 @@ class PruneConfig(Config):
     """Remove weights (unstructured, N:M) or whole channels (structured), once or in steps."""
 
     method: Literal["structured", "unstructured", "n_m", "blocks", "heads", "ffn"] = "structured"
-    criterion: Literal["l1", "l2", "taylor", "bn_scale", "entropy", "random"] = "l1"
+    # wanda, sparsegpt: one-shot from calibration inputs, Linear layers, unstructured or N:M
+    criterion: Literal["l1", "l2", "taylor", "bn_scale", "entropy", "random", "wanda", "sparsegpt"] = "l1"
     scope: Literal["layer", "global"] = "layer"
     target: Literal["sparsity", "macs", "params"] = "sparsity"
     amount: float = param(0.5, gt=0, lt=1)  # the fraction of the target quantity to remove
@@ -33,6 +34,13 @@ class PruneConfig(Config):
     )  # structured: keep channel counts at multiples of this (8 suits CPU kernels)
     layers: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
+    calibration_samples: int = param(128, ge=1)  # wanda, sparsegpt: training samples (windows) they see
+    damp: float = param(0.01, gt=0, lt=1)  # sparsegpt: diagonal damping, share of the mean diagonal
+
+    @property
+    def one_shot(self) -> bool:
+        """Pruned once from calibration inputs, layer by layer (Wanda, SparseGPT)."""
+        return self.criterion in ("wanda", "sparsegpt")
 
     @property
     def reshapes(self) -> bool:
@@ -66,6 +74,16 @@ class PruneConfig(Config):
                 f"target: {self.target!r} needs method: structured (zeros inside dense layers save no "
                 f"MACs); use target: sparsity"
             )
+        if self.one_shot and self.method not in ("unstructured", "n_m"):
+            problems.append(
+                f"criterion: {self.criterion!r} removes single weights; use method: unstructured or n_m"
+            )
+        if self.one_shot and self.scope != "layer":
+            problems.append(
+                f"scope: criterion {self.criterion!r} compares the weights of one output row; use scope: layer"
+            )
+        if self.one_shot and self.steps != 1:
+            problems.append(f"steps: criterion {self.criterion!r} prunes in one shot; use steps: 1")
         if self.method == "n_m" and self.n >= self.m:
             problems.append(f"n: {self.n} must be smaller than m ({self.m}); 2:4 keeps 2 of every 4")
         if self.regularization == "group_lasso" and self.method != "structured":
