@@ -338,6 +338,41 @@ def llm(r: dict) -> str:
     )
 
 
+def llm_pruning(r: dict) -> str:
+    rows = []
+    for row in r["rows"]:
+        m = row["metrics"]
+        dense = row["reconstruction_error"] is None and row["seconds"] is None
+        error = row["reconstruction_error"]
+        rows.append(
+            [
+                row["name"],
+                ci(m["perplexity"], m.get("perplexity_ci95"), "{:.2f}", "{:.2f}"),
+                "—"
+                if dense
+                else ci(m["perplexity_increase"], m.get("perplexity_delta_ci95"), "{:+.3f}", "{:+.3f}"),
+                "—" if dense else f"{m['kl_divergence']:.4f}",
+                "—" if dense else f"{100 * m['same_top_token']:.1f} %",
+                f"{row['nonzero_params'] / 1e6:.1f} M",
+                size(row["size_bytes"]),
+                f"{row['size_ratio']:.2f}×",
+                "—"
+                if error is None
+                else f"{error:.4f} (magnitude {row['magnitude_reconstruction_error']:.4f})",
+                f"{row['seconds']:.0f}" if row["seconds"] is not None else "—",
+            ]
+        )
+    header = ["variant", "perplexity [95 % CI]", "increase [95 % CI]", "KL", "same top", "non-zero"]
+    header += ["file", "smaller", "layer error (same inputs)", "prune s"]
+    not_run = "\n".join(f"- {what}: {why}" for what, why in r.get("not_run", {}).items())
+    return (
+        md_table(header, rows)
+        + "\n\n"
+        + targets_table(r)
+        + ("\n\nNot run yet:\n\n" + not_run if not_run else "")
+    )
+
+
 # table name -> (results file stem, renderer)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "quantization": ("quantization", quantization),
@@ -348,6 +383,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "transformers-lora": ("transformers", transformers_lora),
     "memory": ("memory", memory),
     "llm": ("llm", llm),
+    "llm-pruning": ("llm_pruning", llm_pruning),
 }
 
 
