@@ -114,6 +114,7 @@ def sparsegpt(
 def reconstruction_error(w: torch.Tensor, pruned: torch.Tensor, h: torch.Tensor) -> float:
     """Relative output error of the pruned layer on its calibration inputs:
     tr(dW H dW^T) / tr(W H W^T), with H = X^T X."""
+    w, pruned = w.detach(), pruned.detach()
     w, dw, h = w.double(), (w - pruned).double(), h.double()
     return float(((dw @ h) * dw).sum() / ((w @ h) * w).sum().clamp(min=1e-30))
 
