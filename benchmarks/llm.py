@@ -201,8 +201,8 @@ def calibration_windows(split, config: dict) -> list:
     processes of their own to calibrate on the same tokens."""
     from types import SimpleNamespace
 
-    from pare.techniques.quantize.apply import calibration_batches
     from pare.techniques.quantize.config import QuantizeConfig
+    from pare.training.calibration import calibration_batches
 
     ctx = SimpleNamespace(split=split, seed=0)
     return calibration_batches(ctx, from_dict(QuantizeConfig, config))

@@ -33,7 +33,8 @@ from pare.models.config import ModelConfig  # noqa: E402
 from pare.recipes.context import StageContext  # noqa: E402
 from pare.recipes.schema import DataConfig, TrainConfig  # noqa: E402
 from pare.techniques.quantize import MixedPrecisionConfig, QuantizeConfig  # noqa: E402
-from pare.techniques.quantize.apply import calibration_batches, export  # noqa: E402
+from pare.techniques.quantize.apply import export  # noqa: E402
+from pare.training.calibration import calibration_batches  # noqa: E402
 
 MODELS = {
     "cnn": {"zoo": "cnn", "args": {"width": 32, "depth": 2}, "image_size": None, "epochs": 20},

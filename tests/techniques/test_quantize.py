@@ -374,8 +374,9 @@ def test_gptq_damps_a_singular_hessian_and_names_a_hopeless_one():
 
 def test_gptq_with_input_drift_aims_at_the_float_outputs():
     from pare.formats.schemes import WeightSpec
-    from pare.techniques.quantize.calibrated import InputStats, gptq, group_stats
+    from pare.techniques.quantize.calibrated import gptq
     from pare.training.blockwise import model_feed
+    from pare.training.calibration import InputStats, group_stats
 
     torch.manual_seed(0)
     x_ref = torch.randn(4096, 32)  # what the layer sees in the float model

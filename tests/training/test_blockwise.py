@@ -11,8 +11,9 @@ import torch
 from pare.formats.schemes import WeightSpec
 from pare.models.zoo import GPT
 from pare.techniques.quantize.apply import wrap_layers
-from pare.techniques.quantize.calibrated import gptq, group_stats
+from pare.techniques.quantize.calibrated import gptq
 from pare.training.blockwise import execution_order, find_blocks, layer_by_layer, layer_groups, model_feed
+from pare.training.calibration import group_stats
 
 
 def gpt(depth=3):
@@ -135,19 +136,19 @@ def test_layers_between_blocks_fall_back_to_whole_model_passes():
 
 
 def test_layers_of_one_group_share_the_products_of_their_input(monkeypatch):
-    from pare.techniques.quantize import calibrated
+    from pare.training import calibration
 
     model = llama()
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     computed = []
-    real = calibrated.products
-    monkeypatch.setattr(calibrated, "products", lambda *x: computed.append(1) or real(*x))
+    real = calibration.products
+    monkeypatch.setattr(calibration, "products", lambda *x: computed.append(1) or real(*x))
     group, feed = next(layer_by_layer(model, names, batches(), copy.deepcopy(model)))
     stats = group_stats(feed, {n: model.get_submodule(n) for n in group})
     assert len(group) == 3 and len(computed) == len(batches())  # q, k, v: once per batch
     q, k, v = stats.values()
     assert q is not k and torch.equal(q.xtx, k.xtx) and torch.equal(q.drift, v.drift) and q.rows == v.rows
-    alone = calibrated.InputStats(32)
+    alone = calibration.InputStats(32)
     for x in model_feed_inputs(model, group[1]):
         alone.update(x)
     torch.testing.assert_close(alone.hessian, k.hessian)

@@ -27,6 +27,7 @@ from pare.techniques.prune.unstructured import (
     threshold_masks,
 )
 from pare.training import batches
+from pare.training.calibration import calibration_batches
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -261,8 +262,6 @@ def _one_shot(model, config, ctx, fraction, selected, info) -> dict[str, torch.T
     """Wanda or SparseGPT on the selected Linear layers (``oneshot``), from calibration windows
     of the training split; a token table tied to a layer keeps that layer dense (its rows are
     the embeddings too)."""
-    from pare.techniques.quantize.apply import calibration_batches
-
     others = {n: type(m).__name__ for n, m in selected.items() if not isinstance(m, nn.Linear)}
     if others:
         raise ConfigError(

@@ -2,7 +2,7 @@
 
 Both run on the engine GPTQ uses (``pare.training.blockwise.layer_by_layer``): each Linear
 layer is pruned from its inputs in the model with every earlier layer already pruned, one
-decoder block at a time, and the statistics are GPTQ's (``InputStats``: X^T X over the
+decoder block at a time, and the statistics are GPTQ's (``pare.training.calibration``: X^T X over the
 calibration tokens).
 
 - Wanda (Sun et al. 2023) scores each weight by |W_ij| * ||X_j||, the weight times the norm of
@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from pare.techniques.quantize.calibrated import InputStats, _inverse_hessian_factor
+from pare.training.blockwise import layer_by_layer
+from pare.training.calibration import InputStats, group_stats, inverse_hessian_factor
 
 
 def _row_masks(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -82,7 +83,7 @@ def sparsegpt(
     dead = h.diagonal() == 0  # inputs that never fire: their weights do nothing, remove them
     h[dead, dead] = 1
     wt[dead] = 0
-    hinv = _inverse_hessian_factor(h, damp, name)
+    hinv = inverse_hessian_factor(h, damp, name, "SparseGPT")
     del h
     n = wt.shape[0]
     for i1 in range(0, n, block):
@@ -124,9 +125,6 @@ def prune_layers(model, layers: dict, batches, criterion: str, amount: float, n_
     (``wanda`` or ``sparsegpt``), in the order the model runs them, each from its inputs with
     the layers before it already pruned. Returns each layer's reconstruction error, and
     magnitude pruning's on the same inputs for comparison."""
-    from pare.techniques.quantize.calibrated import group_stats
-    from pare.training.blockwise import layer_by_layer
-
     errors = {}
     for group, feed in layer_by_layer(model, list(layers), batches):
         mods = {n: layers[n] for n in group}

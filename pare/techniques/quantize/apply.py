@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from pare.config import parse_size, to_dict
-from pare.errors import ConfigError, DataError, UnsupportedModelError
+from pare.errors import ConfigError, UnsupportedModelError
 from pare.export.onnx_lm import STAGE_GRAPH, export_causal_lm
 from pare.formats.packed import save_packed
 from pare.formats.schemes import WeightSpec, quantize_weight
@@ -21,14 +20,14 @@ from pare.models.hf import CausalLM
 from pare.progress import console, progress_bar
 from pare.registry import register
 from pare.selection import layer_options, matches, replace_module, select_layers
-from pare.tasks import get_task
 from pare.techniques.quantize import graph
-from pare.techniques.quantize.calibrated import awq, gptq, group_stats
+from pare.techniques.quantize.calibrated import awq, gptq
 from pare.techniques.quantize.config import QuantizeConfig
 from pare.techniques.quantize.export import embedding_int8, export_dynamic, export_qdq
 from pare.techniques.quantize.layers import ActQuant, QATHook, QuantLayer, merge_all
 from pare.techniques.quantize.tied import follow_quantized_heads
 from pare.training.blockwise import Offload, find_blocks, layer_by_layer
+from pare.training.calibration import BATCH_TOKENS, calibration_batches, group_stats
 from pare.training.offload import (
     DiskBlocks,
     PeakRSS,
@@ -92,41 +91,6 @@ def layer_specs(model: nn.Module, config: QuantizeConfig) -> tuple[dict[str, Wei
         and not isinstance(m, nn.BatchNorm2d | nn.LayerNorm | nn.BatchNorm1d)
     ]
     return specs, unsupported
-
-
-GPTQ_TOKENS = 16_384  # fewer calibration tokens than this and GPTQ's Hessians are poorly estimated
-BATCH_TOKENS = 2_048  # token rows per calibration batch: what one batch costs inside a block
-
-
-def calibration_batches(ctx, config: QuantizeConfig, batch_size: int = 64):
-    """Calibration samples: a seeded draw from the training split, never from test. Token rows
-    (a language model's windows) go in batches of about ``BATCH_TOKENS`` tokens: inside a block
-    a batch's attention scores grow with rows x length^2 (64 windows of 256 tokens: 150 MB per
-    score tensor in SmolLM2), which is what bounds calibration's memory after the weights."""
-    X = get_task(ctx.split.kind).inputs(ctx.split.train.X)
-    if len(X) < config.calibration_samples:
-        warnings.warn(
-            f"quantize: only {len(X)} training samples for calibration (calibration_samples="
-            f"{config.calibration_samples}); activation ranges may be less reliable",
-            stacklevel=2,
-        )
-    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(ctx.seed))[
-        : config.calibration_samples
-    ]
-    sample = X[order]
-    if not torch.isfinite(sample).all():
-        raise DataError("quantize: calibration data contains NaN or infinite values; clean the training data")
-    tokens = sample.dim() == 2 and not sample.is_floating_point()
-    if tokens:
-        batch_size = max(1, BATCH_TOKENS // sample.shape[1])
-        if config.method == "gptq" and sample.numel() < GPTQ_TOKENS:
-            warnings.warn(
-                f"quantize: GPTQ calibrates on {sample.numel():,} tokens ({len(sample)} windows of "
-                f"{sample.shape[1]}); its Hessians need at least {GPTQ_TOKENS:,} (the GPTQ paper used "
-                f"128 x 2,048): raise calibration_samples",
-                stacklevel=2,
-            )
-    return [sample[i : i + batch_size] for i in range(0, len(sample), batch_size)]
 
 
 def wrap_layers(model: nn.Module, specs: dict[str, WeightSpec], dynamic_bits: int | None = None) -> nn.Module:

@@ -26,90 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from pare.errors import PareError
 from pare.formats.schemes import QuantizedWeight, WeightSpec, qrange, quantize_weight
-from pare.training.blockwise import model_feed
-
-
-class InputStats:
-    """What GPTQ and AWQ need from a layer's inputs X: X^T X, mean |x| per channel, a row sample;
-    given the same layer's inputs X_ref in the float model too, X^T (X_ref - X) and their sample."""
-
-    def __init__(self, in_features: int, keep_rows: int = 512):
-        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float64)
-        self.cross: torch.Tensor | None = None  # X^T (X_ref - X), once inputs come paired
-        self.abs_sum = torch.zeros(in_features, dtype=torch.float64)
-        self.rows = 0
-        self.sample: list[torch.Tensor] = []
-        self.sample_ref: list[torch.Tensor] = []
-        self.keep_rows = keep_rows
-
-    def update(self, x: torch.Tensor, x_ref: torch.Tensor | None = None) -> None:
-        self.add(products(x, x_ref))
-
-    def add(self, p: dict) -> None:
-        """Add one batch's ``products`` (shareable between layers that read the same tensor)."""
-        self.xtx += p["xtx"]
-        self.abs_sum += p["abs_sum"]
-        self.rows += len(p["x"])
-        kept = sum(len(s) for s in self.sample)
-        if "cross" in p:
-            self.cross = p["cross"] if self.cross is None else self.cross + p["cross"]
-            if kept < self.keep_rows:
-                self.sample_ref.append(p["x_ref"][: self.keep_rows - kept])
-        if kept < self.keep_rows:
-            self.sample.append(p["x"][: self.keep_rows - kept])
-
-    @property
-    def hessian(self) -> torch.Tensor:
-        return self.xtx / max(self.rows, 1)
-
-    @property
-    def drift(self) -> torch.Tensor | None:
-        """X^T (X_ref - X) / rows: how far earlier quantized layers moved this layer's inputs."""
-        return None if self.cross is None else self.cross / max(self.rows, 1)
-
-    @property
-    def mean_abs(self) -> torch.Tensor:
-        return (self.abs_sum / max(self.rows, 1)).float()
-
-
-def products(x: torch.Tensor, x_ref: torch.Tensor | None = None) -> dict:
-    """One batch's X^T X, sum |x| (and X^T (X_ref - X)): float32 products (four times float64's
-    speed on CPU, and each batch's sum is short), float64 sums across batches."""
-    x = x.detach().reshape(-1, x.shape[-1]).float()
-    p = {"x": x, "xtx": (x.T @ x).double(), "abs_sum": x.abs().sum(0).double()}
-    if x_ref is not None:
-        p["x_ref"] = x_ref.detach().reshape(-1, x.shape[-1]).float()
-        p["cross"] = (x.T @ (p["x_ref"] - x)).double()
-    return p
-
-
-def _in_features(m: torch.nn.Module) -> int:
-    return m.in_features if hasattr(m, "in_features") else m.base.in_features  # a Linear or its QuantLayer
-
-
-def collect_input_stats(
-    model: torch.nn.Module, layers: dict[str, torch.nn.Module], batches
-) -> dict[str, InputStats]:
-    """Run ``batches`` through ``model`` and record the inputs of each named layer."""
-    return group_stats(model_feed(model, list(layers), batches, stop=False), layers)
-
-
-def group_stats(feed, layers: dict[str, torch.nn.Module]) -> dict[str, InputStats]:
-    """The statistics of what ``feed`` (see pare.training.blockwise) gives each named layer.
-    Layers called on the very tensors the layer before was (q/k/v, gate/up) reuse its
-    products: X^T X is most of the cost."""
-    stats = {n: InputStats(_in_features(m)) for n, m in layers.items()}
-    last: list = [None, None, None]  # the previous call's inputs and their products
-
-    def observe(name, x, x_ref=None):
-        if not (x is last[0] and x_ref is last[1]):
-            last[:] = [x, x_ref, products(x, x_ref)]
-        stats[name].add(last[2])
-
-    feed(observe)
-    return stats
+from pare.training.calibration import InputStats, inverse_hessian_factor
 
 
 def _group_params(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -119,25 +37,6 @@ def _group_params(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torc
     width = spec.group_size if spec.granularity == "per_group" else w.shape[1]
     shape = (w.shape[0], -1)
     return ref.params["scale"].reshape(shape), ref.params["zero_point"].reshape(shape), width
-
-
-def _inverse_hessian_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1, damping more until H is positive definite (``h``'s diagonal
-    is overwritten)."""
-    diag = h.diagonal().clone()
-    mean_diag = diag.mean().clamp(min=1e-12)
-    for attempt in range(4):
-        # H + d I damped in place (``h`` is GPTQ's own copy): no identity, no second (in, in) copy
-        torch.add(diag, damp * (10**attempt) * mean_diag, out=h.diagonal())
-        chol, info = torch.linalg.cholesky_ex(h)
-        if info == 0:
-            inverse = torch.cholesky_inverse(chol)
-            del chol
-            return torch.linalg.cholesky(inverse, upper=True)
-    raise PareError(
-        f"GPTQ: the input Hessian of layer {name!r} is not positive definite even with damping "
-        f"{damp * 1000:g} x mean diagonal; raise damp or give more (varied) calibration samples"
-    )
 
 
 def gptq(
@@ -171,7 +70,7 @@ def gptq(
     w, h = w[:, perm], h[perm[:, None], perm]  # one (in, in) copy, not two
     col_scale = scales[:, perm // width]  # each column keeps its original group's scale
     col_zero = zeros[:, perm // width]
-    hinv = _inverse_hessian_factor(h, damp, name)
+    hinv = inverse_hessian_factor(h, damp, name, "GPTQ")
     # the loop walks input columns: held as rows (W^T) they are contiguous, 2.4x faster on CPU
     wt, col_scale, col_zero = w.T.contiguous(), col_scale.T.contiguous(), col_zero.T.contiguous()
     codes = torch.empty_like(wt)

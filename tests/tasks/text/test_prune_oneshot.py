@@ -12,7 +12,7 @@ from pare.config import from_dict
 from pare.errors import ConfigError
 from pare.techniques.prune.config import PruneConfig
 from pare.techniques.prune.oneshot import magnitude, reconstruction_error, sparsegpt, wanda
-from pare.techniques.quantize.calibrated import InputStats
+from pare.training.calibration import InputStats
 from tests.tasks.text.test_causal_lm import lm_recipe
 
 

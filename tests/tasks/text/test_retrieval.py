@@ -109,7 +109,8 @@ def test_minilm_retrieval_recipe_runs_end_to_end(tmp_path):
 @pytest.mark.parametrize("bits", [4, 3])
 def test_gptq_and_awq_beat_round_to_nearest_on_a_real_layer(minilm, tokenizer, bits):
     from pare.formats.schemes import WeightSpec, quantize_weight
-    from pare.techniques.quantize.calibrated import awq, collect_input_stats, gptq
+    from pare.techniques.quantize.calibrated import awq, gptq
+    from pare.training.calibration import collect_input_stats
 
     q, p, _ = retrieval_pairs(seed=0)
     ids = torch.from_numpy(tokenize(p[:48], tokenizer, 64))
