@@ -285,19 +285,27 @@ def run_script(args: list[str], what: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def main() -> None:
-    args = parse_args("llm")
+def smollm2(quick: bool):
+    """The ``smollm2_pydoc`` recipe's data and model, and the test windows scored: (recipe,
+    split, model, test part, the model's block count). ``quick``: the first 2 of the decoder
+    blocks and 4 test windows (the same rows and code paths, smoke-sized)."""
     torch.manual_seed(0)
     recipe = load_recipe("smollm2_pydoc")
     split = recipe_splits(recipe)[0]
-    tokenizer = load_tokenizer(*source(recipe.model))
     model = recipe_model(recipe, split)
     blocks = len(model.model.model.layers)
-    if args.quick:  # a smoke run: the same rows and code paths on a 2-block model
+    if quick:
         model.model.model.layers = model.model.model.layers[:2]
         model.model.config.num_hidden_layers = 2
-    windows = 4 if args.quick else len(split.test)
-    part = Part(split.test.X[:windows], split.test.y[:windows])
+    windows = 4 if quick else len(split.test)
+    return recipe, split, model, Part(split.test.X[:windows], split.test.y[:windows]), blocks
+
+
+def main() -> None:
+    args = parse_args("llm")
+    recipe, split, model, part, blocks = smollm2(args.quick)
+    tokenizer = load_tokenizer(*source(recipe.model))
+    windows = len(part.X)
     task = get_task("language_model")
     tmp = Path(tempfile.mkdtemp(prefix="pare-llm-"))
     atexit.register(shutil.rmtree, tmp, True)  # 1.8 GB of graphs and checkpoints

@@ -19,6 +19,8 @@ smoke run: every row, no meaningful figures, targets not decided).
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,12 +32,9 @@ HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(HERE)] + [HERE]
 import torch  # noqa: E402
 from _common import export, parse_args, print_table, print_targets, stage, target, write  # noqa: E402
-from llm import MODEL, quality  # noqa: E402
+from llm import MODEL, quality, smollm2  # noqa: E402
 
-from pare.data.dataset import Part  # noqa: E402
 from pare.io import remove_tree  # noqa: E402
-from pare.recipes import load_recipe  # noqa: E402
-from pare.recipes.pipeline import recipe_model, recipe_splits  # noqa: E402
 from pare.tasks import get_task  # noqa: E402
 
 SPARSITY = {
@@ -54,17 +53,11 @@ NOT_RUN = {
 
 def main() -> None:
     args = parse_args("llm_pruning")
-    torch.manual_seed(0)
-    recipe = load_recipe("smollm2_pydoc")
-    split = recipe_splits(recipe)[0]
-    model = recipe_model(recipe, split)
-    if args.quick:  # a smoke run: the same rows and code paths on a 2-block model
-        model.model.model.layers = model.model.model.layers[:2]
-        model.model.config.num_hidden_layers = 2
-    windows = 4 if args.quick else len(split.test)
-    part = Part(split.test.X[:windows], split.test.y[:windows])
+    _, split, model, part, _ = smollm2(args.quick)
+    windows = len(part.X)
     task = get_task("language_model")
     tmp = Path(tempfile.mkdtemp(prefix="pare-llm-pruning-"))
+    atexit.register(shutil.rmtree, tmp, True)  # a stage's sparse file at a time
     example = split.train.X[:2]
     dense = sum(p.numel() for p in model.parameters())
     print(f"{MODEL}: {len(model.model.model.layers)} blocks, {windows} test windows")
@@ -158,7 +151,6 @@ def main() -> None:
     print("\nnot run here:")
     for what, why in NOT_RUN.items():
         print(f"  {what}: {why}")
-    remove_tree(tmp.parent, tmp)
     write(
         "llm_pruning",
         args,

@@ -275,6 +275,19 @@ def memory(r: dict) -> str:
     return md_table(header, rows) + "\n\n" + targets_table(r)
 
 
+def lm_quality(m: dict, baseline: bool) -> list[str]:
+    """Perplexity, its increase, KL and same-top-token share (the last three against the
+    baseline, which has none of its own)."""
+    return [
+        ci(m["perplexity"], m.get("perplexity_ci95"), "{:.2f}", "{:.2f}"),
+        "—"
+        if baseline
+        else ci(m["perplexity_increase"], m.get("perplexity_delta_ci95"), "{:+.3f}", "{:+.3f}"),
+        "—" if baseline else f"{m['kl_divergence']:.4f}",
+        "—" if baseline else f"{100 * m['same_top_token']:.1f} %",
+    ]
+
+
 def llm(r: dict) -> str:
     rows = []
     for row in r["rows"]:
@@ -285,12 +298,7 @@ def llm(r: dict) -> str:
                 row["name"],
                 tool(row),
                 row["runtime"],
-                ci(m["perplexity"], m.get("perplexity_ci95"), "{:.2f}", "{:.2f}"),
-                "—"
-                if baseline
-                else ci(m["perplexity_increase"], m.get("perplexity_delta_ci95"), "{:+.3f}", "{:+.3f}"),
-                "—" if baseline else f"{m['kl_divergence']:.4f}",
-                "—" if baseline else f"{100 * m['same_top_token']:.1f} %",
+                *lm_quality(m, baseline),
                 size(row["size_bytes"]),
                 f"{row['size_ratio']:.2f}×",
                 f"{row['prefill_ms']:.0f}" if row["prefill_ms"] else "—",
@@ -347,12 +355,7 @@ def llm_pruning(r: dict) -> str:
         rows.append(
             [
                 row["name"],
-                ci(m["perplexity"], m.get("perplexity_ci95"), "{:.2f}", "{:.2f}"),
-                "—"
-                if dense
-                else ci(m["perplexity_increase"], m.get("perplexity_delta_ci95"), "{:+.3f}", "{:+.3f}"),
-                "—" if dense else f"{m['kl_divergence']:.4f}",
-                "—" if dense else f"{100 * m['same_top_token']:.1f} %",
+                *lm_quality(m, dense),
                 f"{row['nonzero_params'] / 1e6:.1f} M",
                 size(row["size_bytes"]),
                 f"{row['size_ratio']:.2f}×",

@@ -124,7 +124,7 @@ def test_a_budget_below_one_block_is_refused_with_the_minimum(tmp_path):
 
 def test_a_budget_below_one_blocks_forward_pass_is_refused_before_any_block_is_calibrated(tmp_path):
     """The forward pass of one calibration batch through a block (here attention scores of 16 x 4
-    heads x 64^2 floats are 1 MiB; 0.9 to 5 MB measured) is measured after the capture and
+    heads x 64^2 floats are 1 MiB; 0.9 MB and more measured) is measured after the capture and
     counted against the budget."""
     model = llama()
     chosen = specs(model)

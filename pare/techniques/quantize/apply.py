@@ -317,15 +317,16 @@ def calibrate_offloaded(model, specs, batches, config: QuantizeConfig, folder: P
     drift = config.method == "gptq" and config.input_drift
     copies = 2 if drift else 1
     plan = _memory_plan(model, blocks, [model.get_submodule(n) for n in linear], copies)
-    if max(plan["floor_bytes"], plan["capture_bytes"]) > budget:
+    least = max(plan["floor_bytes"], plan["capture_bytes"])
+    if least > budget:
         raise ConfigError(
             f"max_memory: {config.max_memory!r} is less than one block needs: "
-            f"{_mb(max(plan['floor_bytes'], plan['capture_bytes']))} (block {blocks[0]!r}: "
+            f"{_mb(least)} (block {blocks[0]!r}: "
             f"{_mb(plan['block_bytes'])} in float, held with its quantized copy"
             f"{' and the float reference' if drift else ''}, and one layer's working copies "
             f"{_mb(plan['work_bytes'])}; while the inputs are captured, the weights outside the blocks "
             f"{_mb(plan['outside_bytes'])}{' twice' if drift else ''} beside one block); raise max_memory "
-            f"to at least {_mb(max(plan['floor_bytes'], plan['capture_bytes']))}"
+            f"to at least {_mb(least)}"
         )
 
     def check(forward: int) -> None:
