@@ -310,7 +310,7 @@ def test_untraceable_model_is_explained(digits_split):
         ({"method": "n_m", "n": 4, "m": 4}, "n: 4 must be smaller than m"),
         ({"amount": 1.5}, "amount: 1.5 must be < 1"),
         ({"regularization": "l1"}, "reg_epochs: regularization 'l1' needs reg_epochs >= 1"),
-        ({"method": "blocks"}, "method 'blocks' removes whole residual blocks; give target: macs or params"),
+        ({"criterion": "cosine"}, "criterion: 'cosine' scores whole blocks; use method: blocks"),
         (
             {"method": "heads", "target": "macs"},
             "method 'heads' removes a share of the heads; use target: sparsity",

@@ -18,8 +18,9 @@ from pare.registry import register
 from pare.selection import select_layers
 from pare.tasks import get_task
 from pare.techniques.prune import criteria, oneshot, transformer
-from pare.techniques.prune.blocks import drop, residual_blocks
+from pare.techniques.prune.blocks import block_influence, drop, residual_blocks
 from pare.techniques.prune.config import PruneConfig
+from pare.techniques.prune.hf_config import hf_models, sync_configs
 from pare.techniques.prune.unstructured import (
     KeepMasks,
     SparsityPenalty,
@@ -79,10 +80,12 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
             )
         elif config.method in ("heads", "ffn"):
             info["units"] = _unit_step(model, config, ctx, fraction, originals, set(selected))
+            _sync(model, info)
         elif config.method == "blocks":
             info["dropped_blocks"], info["block_scores"] = _drop_blocks(
                 model, config, ctx, fraction, example, before
             )
+            _sync(model, info)
         else:
             masks = _mask_step(model, config, ctx, fraction, selected, info)
         if config.recalibrate_bn:
@@ -100,6 +103,13 @@ def prune(model: nn.Module, config: PruneConfig, ctx):
     if history is not None:
         info["history"] = history
     return model, info
+
+
+def _sync(model, info: dict) -> None:
+    """A Hugging Face model's config made to describe the smaller model, at once (its forward
+    pass reads it); ``info["config_changes"]``: ``{key: [original, now]}`` over all steps."""
+    for key, (was, now) in sync_configs(model).items():
+        info.setdefault("config_changes", {}).setdefault(key, [was, now])[1] = now
 
 
 def _reached(model, config: PruneConfig, selected: dict, masks: dict, example, before: dict) -> dict:
@@ -149,7 +159,13 @@ def _unit_step(model, config, ctx, fraction, originals, selected) -> dict[str, d
         what = "attention module" if config.method == "heads" else "feed-forward block"
         raise UnsupportedModelError(
             f"prune: method {config.method!r} found no {what} of a layout pare knows among the selected layers "
-            f"(zoo transformer/gpt, Hugging Face BERT-style); use method: structured for other models"
+            f"(zoo transformer/gpt, Hugging Face BERT-style and Llama-family; GPT-2 feed-forward only); "
+            f"use method: structured for other models"
+        )
+    if config.scope == "global" and hf_models(model):
+        raise ConfigError(
+            f"scope: 'global' leaves the layers of a Hugging Face model with different {config.method} counts, "
+            f"which its config cannot describe; use scope: layer"
         )
     grads = None
     if config.criterion in criteria.NEEDS_GRADIENTS:
@@ -188,22 +204,39 @@ def _rounded(count: int, multiple: int, limit: int) -> int:
 
 @torch.no_grad()
 def _drop_blocks(model, config, ctx, fraction, example, before) -> tuple[list[str], list[dict]]:
-    """Drop the residual blocks whose removal costs least validation score per MAC (or
-    parameter) saved, until the target is met."""
+    """Drop the residual blocks that do least: the lowest block influence (``criterion:
+    cosine``, one pass over calibration windows), or else the smallest loss of validation score
+    per MAC (or parameter) saved, each block's removal tried. ``target: sparsity`` drops that
+    share of the blocks; ``macs``/``params`` drop until the target is met."""
     candidates = residual_blocks(model, example)
+    if not candidates:
+        raise UnsupportedModelError(
+            "prune: method 'blocks' found no residual block (a block whose output adds its input back, "
+            "or a transformer/decoder layer of a layout pare knows)"
+        )
     measure = (
         (lambda m: count_flops(m, example[:1]) // 2 / before["macs"])
         if config.target == "macs"
         else (lambda m: count_params(m)["params"] / before["params"])
     )
-    base_score, base_size = ctx.score(model), measure(model)
-    scores = []
-    for name in candidates:
-        trial = drop(copy.deepcopy(model), [name])
-        saved = base_size - measure(trial)
-        scores.append({"block": name, "score_drop": base_score - ctx.score(trial), "saved": saved})
+    if config.criterion == "cosine":
+        influence = block_influence(model, candidates, calibration_batches(ctx, config))
+        scores = [{"block": n, "influence": influence[n]} for n in candidates]
+        order = sorted(scores, key=lambda s: s["influence"])
+    else:
+        base_score, base_size = ctx.score(model), measure(model)
+        scores = []
+        for name in candidates:
+            trial = drop(copy.deepcopy(model), [name])
+            saved = base_size - measure(trial)
+            scores.append({"block": name, "score_drop": base_score - ctx.score(trial), "saved": saved})
+        order = sorted(scores, key=lambda s: (max(s["score_drop"], 0) + 1e-6) / max(s["saved"], 1e-9))
+    if config.target == "sparsity":
+        dropped = [s["block"] for s in order[: round(fraction * len(candidates))]]
+        drop(model, dropped)
+        return dropped, scores
     dropped = []
-    for s in sorted(scores, key=lambda s: (max(s["score_drop"], 0) + 1e-6) / max(s["saved"], 1e-9)):
+    for s in order:
         if measure(model) <= 1 - fraction + 1e-9:
             break
         drop(model, [s["block"]])
@@ -447,8 +480,11 @@ def export(
 
 def restore(model: nn.Module, config: PruneConfig, info: dict) -> nn.Module:
     if config.method == "blocks":
-        return drop(model, info["dropped_blocks"])
-    return reshape(model, info["shapes"]) if config.reshapes else model
+        model = drop(model, info["dropped_blocks"])
+    elif config.reshapes:
+        model = reshape(model, info["shapes"])
+    sync_configs(model)
+    return model
 
 
 register(

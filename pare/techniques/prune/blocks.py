@@ -104,3 +104,36 @@ def drop(model: nn.Module, names: list[str]) -> nn.Module:
     for parent, index in sorted(listed, key=lambda p: -p[1]):  # from the end: indices stay valid
         del model.get_submodule(parent)[index]
     return model
+
+
+@torch.no_grad()
+def block_influence(model: nn.Module, names: list[str], batches) -> dict[str, float]:
+    """Each block's mean of 1 - cos(input, output) over the tokens (or samples) of ``batches``
+    (ShortGPT's block influence, Men et al. 2024): a block that barely turns the hidden state
+    does least, and is the first to drop. One pass over the batches for all blocks."""
+    sums = dict.fromkeys(names, 0.0)
+    counts = dict.fromkeys(names, 0)
+
+    def record(mod, args, kwargs, out, name):
+        x = next(iter([*args, *kwargs.values()]))  # Hugging Face passes hidden_states by keyword at times
+        y = out[0] if isinstance(out, tuple) else out
+        cos = nn.functional.cosine_similarity(x.flatten(0, -2).float(), y.flatten(0, -2).float(), dim=-1)
+        sums[name] += float((1 - cos).sum())
+        counts[name] += cos.numel()
+
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda m, a, k, o, n=n: record(m, a, k, o, n), with_kwargs=True
+        )
+        for n in names
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {n: sums[n] / max(counts[n], 1) for n in names}

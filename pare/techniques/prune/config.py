@@ -13,11 +13,17 @@ class PruneConfig(Config):
     """Remove weights (unstructured, N:M) or whole channels (structured), once or in steps."""
 
     method: Literal["structured", "unstructured", "n_m", "blocks", "heads", "ffn"] = "structured"
-    # wanda, sparsegpt: one-shot from calibration inputs, Linear layers, unstructured or N:M
-    criterion: Literal["l1", "l2", "taylor", "bn_scale", "entropy", "random", "wanda", "sparsegpt"] = "l1"
+    # wanda, sparsegpt: one-shot from calibration inputs, Linear layers, unstructured or N:M;
+    # cosine: blocks by how little they turn the hidden state on calibration inputs (else: by the
+    # validation score without each)
+    criterion: Literal[
+        "l1", "l2", "taylor", "bn_scale", "entropy", "random", "wanda", "sparsegpt", "cosine"
+    ] = "l1"
     scope: Literal["layer", "global"] = "layer"
     target: Literal["sparsity", "macs", "params"] = "sparsity"
-    amount: float = param(0.5, gt=0, lt=1)  # the fraction of the target quantity to remove
+    amount: float = param(
+        0.5, gt=0, lt=1
+    )  # the fraction of the target quantity to remove (blocks: of the blocks)
     n: int = param(2, ge=1)
     m: int = param(4, ge=2)
     steps: int = param(1, ge=1)
@@ -34,7 +40,9 @@ class PruneConfig(Config):
     )  # structured: keep channel counts at multiples of this (8 suits CPU kernels)
     layers: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
-    calibration_samples: int = param(128, ge=1)  # wanda, sparsegpt: training samples (windows) they see
+    calibration_samples: int = param(
+        128, ge=1
+    )  # wanda, sparsegpt, cosine: training samples (windows) they see
     damp: float = param(0.01, gt=0, lt=1)  # sparsegpt: diagonal damping, share of the mean diagonal
 
     @property
@@ -49,10 +57,8 @@ class PruneConfig(Config):
 
     def check(self) -> list[str]:
         problems = []
-        if self.method == "blocks" and self.target == "sparsity":
-            problems.append(
-                "target: method 'blocks' removes whole residual blocks; give target: macs or params"
-            )
+        if self.criterion == "cosine" and self.method != "blocks":
+            problems.append("criterion: 'cosine' scores whole blocks; use method: blocks")
         if self.method in ("heads", "ffn") and self.target != "sparsity":
             problems.append(
                 f"target: method {self.method!r} removes a share of the {self.method}; use target: sparsity "

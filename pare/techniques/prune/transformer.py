@@ -7,12 +7,16 @@ does), and everything else is left alone:
 - pare's zoo ``SelfAttention`` (fused ``qkv`` and ``proj``; heads inferred from widths);
 - Hugging Face BERT-style attention (``self.query/key/value`` and ``output.dense``; recent
   ``transformers`` infer the head count from the projection width);
+- Hugging Face decoder layers of the Llama family (Llama, Qwen2, Mistral: ``self_attn.q/k/v/o_proj``
+  with grouped-query attention, ``mlp.gate/up/down_proj``) and GPT-2 (``mlp.c_fc`` -> ``mlp.c_proj``;
+  its heads are not offered: its config cannot describe fewer heads of the same size);
 - feed-forward blocks: the zoo's ``mlp`` (Linear, activation, Linear) and BERT-style
   ``intermediate.dense`` -> ``output.dense``.
 
 A head is its rows of the query, key and value projections and its columns of the output
-projection; a neuron is one row of the first FFN layer and one column of the second. At least
-one head and one neuron stay in every layer.
+projection; with grouped-query attention the unit is one key/value head together with the query
+heads that read it. A neuron is one row of each first FFN layer (gate and up) and one column of
+the second. At least one head (group) and one neuron stay in every layer.
 """
 
 from __future__ import annotations
@@ -28,37 +32,43 @@ from pare.selection import replace_module
 
 @dataclass
 class Units:
-    """Prunable units of one layer: ``inputs`` produce ``width`` rows per unit (``blocks``
-    stacked copies for a fused qkv), ``output`` consumes the same columns."""
+    """Prunable units of one layer: each of ``inputs`` produces its ``input_widths`` rows per
+    unit (``width`` when not given; ``blocks`` stacked copies for a fused qkv), ``output``
+    consumes ``width`` columns per unit."""
 
     name: str
     inputs: list[str]
     output: str
-    width: int  # rows per unit: the head size, or 1 for a neuron
+    width: int  # output columns per unit: the head size (a query group's), or 1 for a neuron
     blocks: int = 1  # 3 for a fused qkv projection
+    input_widths: list[int] | None = None  # grouped-query attention: q rows differ from k/v rows
 
     def count(self, model: nn.Module) -> int:
         return model.get_submodule(self.output).in_features // self.width
 
+    def _inputs(self):
+        return zip(self.inputs, self.input_widths or [self.width] * len(self.inputs))
+
     def slices(self, model: nn.Module, unit: int) -> list[tuple[nn.Linear, int, slice]]:
         """(layer, dim, index range) of every weight slice that belongs to ``unit``."""
         out = []
-        inner = self.count(model) * self.width
-        for name in self.inputs:
+        count = self.count(model)
+        for name, width in self._inputs():
             for b in range(self.blocks):
-                start = b * inner + unit * self.width
-                out.append((model.get_submodule(name), 0, slice(start, start + self.width)))
+                start = b * count * width + unit * width
+                out.append((model.get_submodule(name), 0, slice(start, start + width)))
         out.append((model.get_submodule(self.output), 1, slice(unit * self.width, (unit + 1) * self.width)))
         return out
 
     @torch.no_grad()
     def keep(self, model: nn.Module, units: list[int]) -> None:
-        inner = self.count(model) * self.width
-        cols = [u * self.width + i for u in sorted(units) for i in range(self.width)]
-        for name in self.inputs:
+        count = self.count(model)
+        for name, width in self._inputs():
             m = model.get_submodule(name)
-            rows = [b * inner + c for b in range(self.blocks) for c in cols]
+            cols = [u * width + i for u in sorted(units) for i in range(width)]
+            rows = [b * count * width + c for b in range(self.blocks) for c in cols]
             replace_module(model, name, sliced(m, rows, list(range(m.in_features))))
+        cols = [u * self.width + i for u in sorted(units) for i in range(self.width)]
         m = model.get_submodule(self.output)
         replace_module(model, self.output, sliced(m, list(range(m.out_features)), cols))
 
@@ -86,6 +96,13 @@ def attention_heads(model: nn.Module) -> list[Units]:
                         name, [p + f"self.{x}" for x in ("query", "key", "value")], p + "output.dense", size
                     )
                 )
+        elif all(_linear(m, f"self_attn.{x}_proj") for x in "qkvo") and hasattr(m.self_attn, "head_dim"):
+            # Llama family: a unit is one key/value head and the query heads of its group
+            size, group = m.self_attn.head_dim, m.self_attn.num_key_value_groups
+            inputs = [p + f"self_attn.{x}_proj" for x in "qkv"]
+            found.append(
+                Units(name, inputs, p + "self_attn.o_proj", size * group, 1, [size * group, size, size])
+            )
     return found
 
 
@@ -99,6 +116,10 @@ def ffn_neurons(model: nn.Module) -> list[Units]:
             found.append(Units(name, [p + "mlp.0"], p + "mlp.2", 1))
         elif _linear(m, "intermediate.dense") and _linear(m, "output.dense") and hasattr(m, "attention"):
             found.append(Units(name, [p + "intermediate.dense"], p + "output.dense", 1))
+        elif all(_linear(m, f"mlp.{x}_proj") for x in ("gate", "up", "down")):  # Llama family
+            found.append(Units(name, [p + "mlp.gate_proj", p + "mlp.up_proj"], p + "mlp.down_proj", 1))
+        elif _linear(m, "mlp.c_fc") and _linear(m, "mlp.c_proj") and hasattr(m, "attn"):  # GPT-2
+            found.append(Units(name, [p + "mlp.c_fc"], p + "mlp.c_proj", 1))
     return found
 
 
@@ -136,6 +157,8 @@ def transformer_layers(model: nn.Module) -> list[str]:
     for name in (n for n, _ in model.named_modules() if n in ffns):  # in model order
         parent = name.rsplit(".", 1)[0] if "." in name else ""
         in_stack = isinstance(model.get_submodule(parent), nn.ModuleList | nn.Sequential)
-        if in_stack and any(h.startswith(name + ".") for h in heads):
+        # its attention: a head unit inside it (or the layer's own, Llama), or GPT-2's ``attn``
+        attends = any(h == name or h.startswith(name + ".") for h in heads)
+        if in_stack and (attends or hasattr(model.get_submodule(name), "attn")):
             out.append(name)
     return out

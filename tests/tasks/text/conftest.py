@@ -43,22 +43,20 @@ def tiny_causal_lm(folder, arch: str = "llama", vocab: int = 384, context: int =
     tok = train_tokenizer(list(pydoc_topics().values())[:12], vocab)
     PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
     torch.manual_seed(0)
-    shared = {"vocab_size": vocab + 8, **config}
     if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=context, **shared))
+        fields = {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": context}
+        model = GPT2LMHeadModel(GPT2Config(**{**fields, "vocab_size": vocab + 8, **config}))
     else:
-        config, cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
-        model = cls(
-            config(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=context,
-                **shared,
-            )
-        )
+        fields = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": context,
+        }
+        cfg, cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+        model = cls(cfg(**{**fields, "vocab_size": vocab + 8, **config}))
     model.save_pretrained(folder)
     return folder
 
