@@ -22,14 +22,17 @@ from pare.tasks import get_task
 from pare.techniques.distill.config import DistillConfig, FeatureConfig, StudentConfig
 from pare.techniques.distill.hook import Adapter, Captures, DistillHook, TeacherBank, last_linear
 
+CACHE_LIMIT = 2 * 2**30  # bytes of full next-token distributions a teacher cache may hold
+
 
 def distill(model: nn.Module, config: DistillConfig, ctx):
     """Train a smaller student on the soft targets, features or embeddings of teachers."""
     split = ctx.split
-    if split.kind not in ("classification", "retrieval"):
+    if split.kind not in ("classification", "retrieval", "language_model"):
         raise UnsupportedModelError(
-            f"distill: {split.kind} tasks are not supported; classification and retrieval are"
+            f"distill: {split.kind} tasks are not supported; classification, retrieval and language models are"
         )
+    _check_task(config, split.kind)
     teachers, untrained = _teachers(model, config, ctx)
     student, student_info = _student(model, config.student, ctx)
     example = get_task(split.kind).inputs(split.train.X[:2])
@@ -69,6 +72,28 @@ def distill(model: nn.Module, config: DistillConfig, ctx):
     return student.eval(), info
 
 
+def _check_task(config: DistillConfig, kind: str) -> None:
+    """What a language model's token-level distillation does not take, refused before any work."""
+    lm = kind == "language_model"
+    problems = []
+    if config.top_k is not None and not lm:
+        problems.append(f"top_k: only language models keep their teacher's top tokens; this task is {kind}")
+    if lm and config.crd is not None:
+        problems.append(
+            "crd: contrasts one embedding per sample; a language model is distilled per token (drop crd)"
+        )
+    if lm and len(config.teachers) > 1:
+        problems.append(f"teachers: a language model learns from one teacher; got {len(config.teachers)}")
+    if lm and config.student is not None and config.student.shrink is not None:
+        problems.append(
+            "student.shrink: prunes channels through a traced graph, which a language model is not; prune it "
+            "first (prune with method: blocks, heads or ffn) and distil that stage (student omitted, "
+            "teachers: [{stage: baseline}])"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
 def _born_again(config: DistillConfig) -> DistillConfig:
     """The settings for a later generation: its teacher has the student's architecture, so the
     student's layer names serve on both sides."""
@@ -91,7 +116,9 @@ def _train(student, teachers, config, ctx, example, tag):
         embedding_t = (crd.teacher_layer, False) if crd.teacher_layer else (last_linear(first), True)
         embedding_s = (crd.student_layer, False) if crd.student_layer else (last_linear(student), True)
     task = get_task(ctx.split.kind)
-    bank = TeacherBank(teachers, [f.teacher for f in features], embedding_t, task)
+    bank = TeacherBank(
+        teachers, [f.teacher for f in features], embedding_t, task, config.top_k, config.temperature
+    )
     # shapes of every matched output, from one probe batch, to size adapters and CRD heads
     probe_t = bank.compute(example)
     capture = Captures(student, [f.student for f in features], embedding_s)
@@ -114,7 +141,16 @@ def _train(student, teachers, config, ctx, example, tag):
         )
     extra = {}
     if config.cache_teacher:
-        extra["teacher_cache_bytes"] = bank.build_cache(task.inputs(ctx.split.train.X))
+        X = task.inputs(ctx.split.train.X)
+        if probe_t["logits0"].dim() == 3 and config.top_k is None:  # a language model's full vocabulary
+            size = probe_t["logits0"][:1].numel() * len(X) * 4
+            if size > CACHE_LIMIT:
+                raise ConfigError(
+                    f"top_k: caching the teacher's whole next-token distributions would take {size / 2**30:.1f} GiB "
+                    f"({len(X)} windows x {probe_t['logits0'].shape[1]} positions x {probe_t['logits0'].shape[2]:,} "
+                    f"tokens); set top_k (e.g. 64) or cache_teacher: false"
+                )
+        extra["teacher_cache_bytes"] = bank.build_cache(X)
     hook = DistillHook(
         bank, config, student, features, adapters, heads, embedding_s, embeddings=task.kind == "retrieval"
     )
@@ -213,6 +249,11 @@ def _check_outputs(teachers, student, example) -> None:
         s = tuple(student.eval()(example).shape)
         for i, t in enumerate(teachers):
             shape = tuple(t.eval()(example).shape)
+            if shape != s and len(s) == 3:
+                raise UnsupportedModelError(
+                    f"teacher {i + 1} predicts over {shape[-1]:,} tokens but the student over {s[-1]:,}; a "
+                    f"language model student must share the teacher's tokenizer and vocabulary"
+                )
             if shape != s:
                 raise UnsupportedModelError(
                     f"teacher {i + 1} returns outputs of shape {shape} but the student {s}; both must give "

@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pare.errors import ConfigError
-from pare.techniques.distill.losses import feature_loss, info_nce, kd_loss, soft_targets
+from pare.tasks.language_model import IGNORE
+from pare.techniques.distill.losses import feature_loss, info_nce, kd_loss, soft_targets, token_kd_loss
 from pare.training import Hook
 
 
@@ -54,7 +55,13 @@ class TeacherBank:
     the teacher models are released: training then needs no teacher in memory."""
 
     def __init__(
-        self, teachers: list[nn.Module], features: list[str], embedding: tuple[str, bool] | None, task=None
+        self,
+        teachers: list[nn.Module],
+        features: list[str],
+        embedding: tuple[str, bool] | None,
+        task=None,
+        top_k: int | None = None,
+        temperature: float = 1.0,
     ):
         # eval mode, no gradients (compute runs under no_grad); the models themselves are left
         # as they are: they may be earlier stages' outputs that later stages start from
@@ -63,6 +70,9 @@ class TeacherBank:
         self.embedding = embedding  # (module name, take its input?) on the first teacher
         self.cache: dict[str, torch.Tensor] | None = None
         self.task = task  # maps training rows to output rows (a retrieval row is two texts)
+        # language models: keep each position's k most likely tokens, as log-probabilities at the
+        # distillation temperature (over the whole vocabulary), and their ids
+        self.top_k, self.temperature = top_k, temperature
 
     @torch.no_grad()
     def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -71,6 +81,10 @@ class TeacherBank:
             capture = Captures(teacher, self.features, self.embedding) if k == 0 else None
             try:
                 out[f"logits{k}"] = teacher(x)
+                if self.top_k is not None:
+                    logp = torch.log_softmax(out[f"logits{k}"].float() / self.temperature, dim=-1)
+                    out[f"logits{k}"], ids = logp.topk(self.top_k, dim=-1)
+                    out[f"ids{k}"] = ids.int()
             finally:
                 if capture is not None:
                     capture.remove()
@@ -80,8 +94,16 @@ class TeacherBank:
                     out["embedding"] = capture.values["embedding"]
         return out
 
-    def build_cache(self, X: torch.Tensor, batch_size: int = 256) -> int:
-        parts = [self.compute(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
+    def build_cache(self, X: torch.Tensor, batch_size: int = 256, budget: int = 2**26) -> int:
+        """Every output for the rows of ``X``, in batches of at most ``batch_size`` rows whose
+        full outputs hold at most ``budget`` floats (a language model's logits are windows x
+        positions x vocabulary)."""
+        probe = self.top_k
+        self.top_k = None
+        row = sum(v[:1].numel() for v in self.compute(X[:1]).values())  # one row's full outputs
+        self.top_k = probe
+        step = max(1, min(batch_size, budget // row))
+        parts = [self.compute(X[i : i + step]) for i in range(0, len(X), step)]
         self.cache = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self.teachers = []  # no longer needed: training reads the cache
         return sum(t.numel() * t.element_size() for t in self.cache.values())
@@ -158,6 +180,12 @@ class DistillHook(Hook):
         if cfg.alpha > 0 and self.embeddings:  # the outputs are unit embeddings: match their directions
             target = F.normalize(sum(teacher[f"logits{k}"] for k in range(self.bank.count)), dim=-1)
             terms["kd"] = cfg.alpha * (1 - (state.outputs * target).sum(-1)).mean()
+        elif cfg.alpha > 0 and state.outputs.dim() == 3:  # a language model: per scored position
+            scored = state.targets != IGNORE
+            kd = token_kd_loss(
+                state.outputs, teacher["logits0"], scored, cfg.temperature, teacher.get("ids0")
+            )
+            terms["kd"] = cfg.alpha * kd
         elif cfg.alpha > 0:
             logits = [teacher[f"logits{k}"] for k in range(self.bank.count)]
             weights = [t.weight for t in cfg.teachers] if cfg.weighting == "fixed" else None

@@ -40,6 +40,31 @@ def kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperatur
     return F.kl_div(log_p, target_probs, reduction="batchmean") * temperature**2
 
 
+def token_kd_loss(
+    student_logits: torch.Tensor,
+    teacher: torch.Tensor,
+    scored: torch.Tensor,
+    temperature: float,
+    teacher_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A language model's next-token KD: KL(teacher || student) at ``temperature`` (times T^2),
+    averaged over the positions where ``scored`` (B, T) is true. ``teacher``: its logits; or,
+    with ``teacher_ids``, its log-probabilities (softmax at ``temperature`` over the whole
+    vocabulary) of only those top-k tokens per position. Then the KL is taken over the k tokens
+    plus one bucket holding the rest of the vocabulary on both sides (as the evaluation's KL is):
+    a lower bound of the full KL, equal to it when the k tokens hold the teacher's mass, and it
+    does not push the student to crowd its mass onto those k tokens."""
+    log_q = F.log_softmax(student_logits[scored] / temperature, dim=-1)
+    if teacher_ids is None:
+        log_p = F.log_softmax(teacher[scored].float() / temperature, dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * temperature**2
+    log_p, log_q = teacher[scored].float(), log_q.gather(-1, teacher_ids[scored].long())
+    rest_p = (1 - log_p.exp().sum(-1)).clamp(min=1e-12)
+    rest_q = (1 - log_q.exp().sum(-1)).clamp(min=1e-12)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1) + rest_p * (rest_p.log() - rest_q.log())
+    return kl.mean() * temperature**2
+
+
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
     """MSE, or 1 - cosine similarity of each sample's flattened features, averaged."""
     if kind == "mse":

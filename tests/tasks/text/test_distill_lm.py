@@ -1,0 +1,93 @@
+"""Token-level distillation of language models: the KD term against a hand computation, the
+teacher's top-k cache, and healing a depth-pruned decoder towards the unpruned one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pare
+from pare.errors import ConfigError
+from pare.techniques.distill import apply as distill_apply
+from pare.techniques.distill.losses import token_kd_loss
+from tests.tasks.text.conftest import tiny_causal_lm
+from tests.tasks.text.test_causal_lm import lm_recipe
+
+
+def test_token_kd_is_the_kl_over_scored_positions_and_top_k_of_all_tokens_is_the_full_kl():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    scored = torch.tensor([[True, True, False, True, False], [False, True, True, True, True]])
+    temp = 2.0
+    by_hand = (
+        torch.stack(
+            [
+                F.kl_div(F.log_softmax(s[b, i] / temp, -1), F.softmax(t[b, i] / temp, -1), reduction="sum")
+                for b in range(2)
+                for i in range(5)
+                if scored[b, i]
+            ]
+        ).mean()
+        * temp**2
+    )
+    assert token_kd_loss(s, t, scored, temp) == pytest.approx(float(by_hand), rel=1e-5)
+    logp = F.log_softmax(t / temp, -1)
+    top, ids = logp.topk(11, dim=-1)  # all tokens: the full KL
+    assert token_kd_loss(s, top, scored, temp, ids) == pytest.approx(float(by_hand), rel=1e-5)
+    assert token_kd_loss(t, t, scored, temp) == pytest.approx(0, abs=1e-6)
+    top3, ids3 = logp.topk(3, dim=-1)  # 3 tokens and the rest: a lower bound, 0 for the teacher itself
+    assert 0 < token_kd_loss(s, top3, scored, temp, ids3) < by_hand
+    assert token_kd_loss(t, top3, scored, temp, ids3) == pytest.approx(0, abs=1e-6)
+
+
+def small_corpus(folder, topics: int = 20):
+    """A folder of pydoc topics, one file each: a text source small enough to train on in seconds."""
+    from pare.data.text import pydoc_topics
+
+    folder.mkdir()
+    for i, text in enumerate(list(pydoc_topics().values())[:topics]):
+        (folder / f"{i:02d}.txt").write_text(text)
+    return folder
+
+
+def test_kd_heals_a_depth_pruned_decoder_towards_the_unpruned_one(tmp_path):
+    # weights drawn wide (std 0.25): a random decoder whose blocks matter, so dropping two shows
+    lm = tiny_causal_lm(tmp_path / "llama", "llama", num_hidden_layers=4, initializer_range=0.25)
+    recipe = lm_recipe({"hf": str(lm)}, source="text", path=str(small_corpus(tmp_path / "text")))
+    recipe["train"] = {"batch_size": 8, "patience": None}
+    recipe["stages"] = [
+        {"technique": "prune", "name": "depth", "method": "blocks", "criterion": "cosine", "amount": 0.5},
+        {
+            "technique": "distill",
+            "name": "healed",
+            "teachers": [{"stage": "baseline"}],
+            "top_k": 16,
+            "temperature": 1.0,
+            "alpha": 1.0,
+            "epochs": 3,
+            "lr": 3e-3,
+        },
+    ]
+    results = pare.run(recipe, tmp_path / "run")
+    base, depth, healed = results["stages"]
+    assert healed["cost"]["params"] == depth["cost"]["params"] < base["cost"]["params"]
+    assert healed["comparison"]["kl_divergence"] < 0.8 * depth["comparison"]["kl_divergence"]
+    assert healed["comparison"]["same_top_token"] > depth["comparison"]["same_top_token"]
+    info = healed["info"]
+    assert info["student"] == "the stage's input model" and info["teachers"][0]["source"] == "stage baseline"
+    assert info["teacher_cache_bytes"] % (64 * 16 * 8) == 0  # per position: 16 float32 logits, 16 int32 ids
+    epochs = healed["history"]["epochs"]
+    assert epochs[-1]["kd"] < epochs[0]["kd"]
+
+
+def test_what_token_distillation_cannot_take_is_refused_before_training(tmp_path, monkeypatch):
+    recipe = lm_recipe({"hf": str(tiny_causal_lm(tmp_path / "llama", "llama"))})
+    kd = {"technique": "distill", "name": "kd", "teachers": [{"stage": "baseline"}]}
+    recipe["stages"] = [{**kd, "student": {"shrink": 0.5}}]
+    with pytest.raises(ConfigError, match="student.shrink: prunes channels through a traced graph"):
+        pare.run(recipe, tmp_path / "a")
+    monkeypatch.setattr(distill_apply, "CACHE_LIMIT", 1000)
+    recipe["stages"] = [kd]
+    with pytest.raises(ConfigError, match=r"top_k: caching the teacher's whole next-token distributions"):
+        pare.run(recipe, tmp_path / "b")
