@@ -65,7 +65,10 @@ def test_only_adapters_train_and_improve_the_model(mlp, digits_split, base_bits,
     assert info["adapter_params"] == info["trainable_params"] == adapters
     assert info["trainable_share"] == pytest.approx(adapters / total)
     assert info["adapter_bytes"] < 4 * total / 5  # the adapter file alone is far smaller than the model
-    assert (tmp_path / "adapters.safetensors").exists()
+    assert {f.name for f in (tmp_path / "adapter").iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
     assert accuracy(tuned, digits_split.val) > before + 0.02
 
 

@@ -5,17 +5,27 @@ from __future__ import annotations
 import torch.nn as nn
 
 from pare.errors import ConfigError
-from pare.export.weights import save_tensors
+from pare.export.peft_adapter import write_peft_adapter
+from pare.generate import causal_backbone
 from pare.registry import register
 from pare.selection import matches, replace_module, select_layers
 from pare.techniques.lora.config import LoRAConfig
 from pare.techniques.lora.layers import LoRALinear, QuantBase, adapter_state, merge_adapters
 
 
+def tied_to_tables(model: nn.Module, names) -> list[str]:
+    """Layers whose weight is a token table too (a tied LM head): an update merged into them
+    would be lost on reload, where the head is tied to the table again; they stay frozen."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return [n for n in names if id(model.get_submodule(n).weight) in tables]
+
+
 def wrap(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Linear]:
     layers = select_layers(
         model, include=config.layers, exclude=config.exclude, types=(nn.Linear,), key="layers"
     )
+    for name in tied_to_tables(model, layers):
+        del layers[name]
     too_small = [
         f"rank: {config.rank} is larger than layer {n!r} allows ({min(m.in_features, m.out_features)}, "
         f"the smaller of its {m.in_features} inputs and {m.out_features} outputs)"
@@ -57,19 +67,20 @@ def lora(model: nn.Module, config: LoRAConfig, ctx):
         if config.finetune_epochs
         else None
     )
-    adapters = ctx.out_dir / "adapters.safetensors"
     state = adapter_state(model)
-    save_tensors(state, adapters, "pare_lora", {"rank": config.rank, "alpha": config.alpha})
     info = {
         "layers": list(layers),
         "rank": config.rank,
         "trainable_params": trained,
         "trainable_share": trained / total,
         "adapter_params": sum(v.numel() for v in state.values()),
-        "adapter_bytes": adapters.stat().st_size,
+        "adapter_bytes": _save_adapter(model, config, ctx.out_dir / "adapter"),
         "base_bits": config.base_bits,
         "history": history,
     }
+    tied = tied_to_tables(model, [n for n, m in model.named_modules() if type(m) is nn.Linear])
+    if tied:
+        info["frozen_tied"] = tied  # no adapter: see tied_to_tables
     if config.base_bits:
         info["base_bytes_quantized"] = sum(
             m.base.storage_bytes() for m in model.modules() if isinstance(m, LoRALinear)
@@ -79,6 +90,34 @@ def lora(model: nn.Module, config: LoRAConfig, ctx):
     if config.merge:
         model = merge_adapters(model)
     return model, info
+
+
+def _save_adapter(model: nn.Module, config: LoRAConfig, folder) -> int:
+    """The adapters alone in PEFT's layout, named as in the model PEFT would load them onto: a
+    causal LM's transformers model (inside pare's wrapper), or the model itself."""
+    lm = causal_backbone(model)
+    root, prefix = (lm, "model.") if lm is not None else (model, "")
+    adapters = {
+        n.removeprefix(prefix): (m.lora_A, m.lora_B)
+        for n, m in model.named_modules()
+        if isinstance(m, LoRALinear)
+    }
+    trained = {
+        n.removeprefix(prefix): p
+        for n, p in model.named_parameters()
+        if p.requires_grad and ".lora_" not in n and n.startswith(prefix)
+    }
+    base = getattr(getattr(root, "config", None), "_name_or_path", None) or None
+    return write_peft_adapter(
+        folder,
+        adapters,
+        config.rank,
+        config.alpha,
+        config.dropout,
+        trained,
+        "CAUSAL_LM" if lm is not None else None,
+        base,
+    )
 
 
 def restore(model: nn.Module, config: LoRAConfig, info: dict) -> nn.Module:

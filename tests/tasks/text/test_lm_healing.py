@@ -1,7 +1,10 @@
-"""Token-level distillation of language models: the KD term against a hand computation, the
-teacher's top-k cache, and healing a depth-pruned decoder towards the unpruned one."""
+"""Healing language models: token-level distillation (the KD term against a hand computation,
+the teacher's top-k cache, a depth-pruned decoder pulled back towards the unpruned one) and
+LoRA adapters saved in PEFT's layout that PEFT loads to the stage's logits."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -91,3 +94,36 @@ def test_what_token_distillation_cannot_take_is_refused_before_training(tmp_path
     recipe["stages"] = [kd]
     with pytest.raises(ConfigError, match=r"top_k: caching the teacher's whole next-token distributions"):
         pare.run(recipe, tmp_path / "b")
+
+
+def test_lora_adapters_saved_in_peft_layout_load_onto_the_base_to_the_stage_s_logits(tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from pare.recipes.pipeline import stage_model
+
+    folder = tiny_causal_lm(tmp_path / "llama", "llama", tie_word_embeddings=True, initializer_range=0.25)
+    recipe = lm_recipe({"hf": str(folder)}, source="text", path=str(small_corpus(tmp_path / "text", 8)))
+    recipe["train"] = {"batch_size": 8, "patience": None}
+    lora = {"technique": "lora", "rank": 4, "finetune_epochs": 1, "finetune_lr": 1e-2}
+    recipe["stages"] = [
+        {**lora, "name": "qv", "layers": ["*q_proj", "*v_proj"]},
+        {**lora, "name": "all", "from": "baseline"},
+    ]
+    _, qv, every = pare.run(recipe, tmp_path / "run")["stages"]
+    assert len(qv["info"]["layers"]) == 4 and every["info"]["frozen_tied"] == ["model.lm_head"]
+    assert "model.lm_head" not in every["info"]["layers"] and len(every["info"]["layers"]) == 14
+    stage = tmp_path / "run" / "stages" / "01-qv"
+    config = json.loads((stage / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["task_type"] == "CAUSAL_LM"
+    assert config["target_modules"][0] == "model.layers.0.self_attn.q_proj"
+    base = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    ids = torch.randint(0, 384, (2, 24), generator=torch.Generator().manual_seed(1))
+    before = base(ids).logits
+    tuned = peft.PeftModel.from_pretrained(base, stage / "adapter").eval()
+    with torch.no_grad():
+        logits = tuned(input_ids=ids).logits
+        assert not torch.allclose(logits, before, atol=1e-4)  # the adapters were trained
+        assert torch.allclose(logits, stage_model(stage)[0](ids), atol=1e-5)
