@@ -52,8 +52,12 @@ def gptq(
 ) -> QuantizedWeight:
     """GPTQ of one Linear weight (out, in) given its input Hessian H = X^T X (in, in). With
     ``drift`` = X^T (X_ref - X), the target is the float model's output X_ref W^T rather than
-    X W^T: its least-squares fit on X, W + W drift^T H^-1, is what gets quantized (both damped)."""
+    X W^T: its least-squares fit on X, W + W drift^T H^-1, is what gets quantized (both damped).
+    Weights that are exactly zero (an earlier pruning stage's) stay zero: their code is the zero
+    point and their rounding error is spread like any other, so sparsity + GPTQ compose (as
+    SparseGPT's joint pruning and quantization does) instead of the updates filling the zeros."""
     w = w.detach().double().clone()
+    pruned = w == 0
     h = h.double().clone()
     if drift is not None:
         eye = torch.eye(len(h), dtype=h.dtype)
@@ -73,6 +77,7 @@ def gptq(
     hinv = inverse_hessian_factor(h, damp, name, "GPTQ")
     # the loop walks input columns: held as rows (W^T) they are contiguous, 2.4x faster on CPU
     wt, col_scale, col_zero = w.T.contiguous(), col_scale.T.contiguous(), col_zero.T.contiguous()
+    sparse = pruned[:, perm].T.contiguous() if pruned.any() else None
     codes = torch.empty_like(wt)
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
@@ -80,6 +85,8 @@ def gptq(
         for i in range(i2 - i1):
             col, s, z = w1[i], col_scale[i1 + i], col_zero[i1 + i]
             q = (col / s).round_().add_(z).clamp_(qmin, qmax)
+            if sparse is not None:
+                q = torch.where(sparse[i1 + i], z, q)
             codes[i1 + i] = q
             err = (col - (q - z) * s).div_(hinv1[i, i])
             w1[i:].addr_(hinv1[i, i:], err, alpha=-1)  # spread the error over later columns, in place

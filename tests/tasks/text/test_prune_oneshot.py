@@ -56,6 +56,21 @@ def test_wanda_weighs_each_weight_by_its_inputs_norm():
     assert torch.equal(magnitude(w, 0.5), torch.tensor([[1.0, 0.0]]))
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_after_sparsegpt_keeps_the_zeros_and_beats_rounding_them(symmetric):
+    from pare.formats.schemes import WeightSpec, quantize_weight
+    from pare.techniques.quantize.calibrated import gptq
+
+    x = correlated_inputs(width=128)
+    st = stats_of(x)
+    w = sparsegpt(torch.randn(32, 128, generator=torch.Generator().manual_seed(4)), st.hessian, 0.5)
+    spec = WeightSpec(bits=4, symmetric=symmetric, granularity="per_group", group_size=32)
+    q = gptq(w, st.hessian, spec).dequantized
+    assert ((w == 0) & (q != 0)).sum() == 0  # every zero kept
+    rtn = quantize_weight(w, spec).dequantized * (w != 0)  # round to nearest, zeros put back
+    assert reconstruction_error(w, q, st.hessian) < reconstruction_error(w, rtn, st.hessian)
+
+
 def test_sparsegpt_with_nothing_removed_changes_nothing_and_its_error_is_that_of_a_hand_count():
     x = correlated_inputs(width=64)
     w = torch.randn(8, 64, generator=torch.Generator().manual_seed(4))
