@@ -348,10 +348,12 @@ def llm(r: dict) -> str:
 
 def llm_pruning(r: dict) -> str:
     rows = []
+    base_decode = r["rows"][0].get("decode_tokens_per_s")
     for row in r["rows"]:
         m = row["metrics"]
-        dense = row["reconstruction_error"] is None and row["seconds"] is None
+        dense = row["seconds"] is None
         error = row["reconstruction_error"]
+        decode = row.get("decode_tokens_per_s")
         rows.append(
             [
                 row["name"],
@@ -362,11 +364,14 @@ def llm_pruning(r: dict) -> str:
                 "—"
                 if error is None
                 else f"{error:.4f} (magnitude {row['magnitude_reconstruction_error']:.4f})",
+                f"{decode:.1f} ({decode / base_decode:.2f}×)" if decode and base_decode else "—",
+                f"{row['prefill_ms']:.0f}" if row.get("prefill_ms") else "—",
                 f"{row['seconds']:.0f}" if row["seconds"] is not None else "—",
             ]
         )
     header = ["variant", "perplexity [95 % CI]", "increase [95 % CI]", "KL", "same top", "non-zero"]
-    header += ["file", "smaller", "layer error (same inputs)", "prune s"]
+    header += ["file", "smaller", "layer error (same inputs)", "decode tokens/s (× dense)", "prefill ms"]
+    header += ["stage s"]
     not_run = "\n".join(f"- {what}: {why}" for what, why in r.get("not_run", {}).items())
     return (
         md_table(header, rows)
