@@ -95,8 +95,9 @@ class DistillConfig(Config):
     epochs: int | None = param(None, ge=1)  # default: the recipe's train.epochs
     lr: float | None = param(None, gt=0)
     cache_teacher: bool = True  # compute teacher outputs once (teachers are frozen, inputs not augmented)
-    # language models: match the teacher's k most likely next tokens per position (its cache then
-    # holds k logits and ids per position instead of the whole vocabulary); None: all of them
+    # language models: match the teacher's k most likely next tokens per position plus one bucket
+    # for the rest (its cache then holds k log-probabilities and ids per position instead of the
+    # whole vocabulary); None: all of them
     top_k: int | None = param(None, ge=1)
 
     def check(self) -> list[str]:

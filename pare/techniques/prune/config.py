@@ -21,9 +21,8 @@ class PruneConfig(Config):
     ] = "l1"
     scope: Literal["layer", "global"] = "layer"
     target: Literal["sparsity", "macs", "params"] = "sparsity"
-    amount: float = param(
-        0.5, gt=0, lt=1
-    )  # the fraction of the target quantity to remove (blocks: of the blocks)
+    # the fraction of the target quantity to remove (method blocks, target sparsity: of the blocks)
+    amount: float = param(0.5, gt=0, lt=1)
     n: int = param(2, ge=1)
     m: int = param(4, ge=2)
     steps: int = param(1, ge=1)
@@ -40,9 +39,8 @@ class PruneConfig(Config):
     )  # structured: keep channel counts at multiples of this (8 suits CPU kernels)
     layers: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
-    calibration_samples: int = param(
-        128, ge=1
-    )  # wanda, sparsegpt, cosine: training samples (windows) they see
+    # wanda, sparsegpt, cosine: the training samples (windows) they calibrate on
+    calibration_samples: int = param(128, ge=1)
     damp: float = param(0.01, gt=0, lt=1)  # sparsegpt: diagonal damping, share of the mean diagonal
 
     @property
