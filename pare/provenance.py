@@ -80,9 +80,26 @@ def loaded_sources(root: Path | None) -> list[str]:
             files.add(Path(file).resolve())
     inside = set()
     for f in files:
-        if f.suffix == ".py" and f.is_relative_to(root) and ".venv" not in f.parts:
+        if f.suffix == ".py" and f.is_relative_to(root) and ".venv" not in f.parts and f.is_file():
             inside.add(f.relative_to(root).as_posix())
-    return sorted(inside)
+    return sorted(inside - _idle_techniques(root, inside))
+
+
+def _idle_techniques(root: Path, files: set[str]) -> set[str]:
+    """Files of techniques that only the registry imported and that never ran: their code cannot
+    have changed a figure, so a later edit to them leaves the result fresh. A technique counts
+    as soon as it ran, or the script or a loaded pare module outside the techniques names it."""
+    from pare.registry import ran, techniques
+
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    readers = [root / f for f in files if f.startswith("pare/") and not f.startswith("pare/techniques/")]
+    texts = [p.read_text(errors="replace") for p in [*readers, script] if p is not None and p.is_file()]
+    idle = set()
+    for name in set(techniques()) - ran():
+        package = f"pare/techniques/{name}/"
+        if not any(f"pare.techniques.{name}" in t for t in texts):
+            idle |= {f for f in files if f.startswith(package)}
+    return idle
 
 
 @dataclass

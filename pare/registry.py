@@ -9,6 +9,7 @@ file the stage ships, measured instead of plain safetensors weights (see docs/ar
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ class Technique:
 
 
 _REGISTRY: dict[str, Technique] = {}
+_RAN: set[str] = set()  # techniques whose functions were called in this process (provenance)
 
 
 def register(name: str, config_cls: type, *, restore=None, export=None, description: str = "", search=None):
@@ -37,10 +39,30 @@ def register(name: str, config_cls: type, *, restore=None, export=None, descript
 
     def decorate(apply):
         doc = description or (apply.__doc__ or "").strip()
-        _REGISTRY[name] = Technique(name, config_cls, apply, restore, export, doc, search)
+        run, back, out = (_noting(name, f) for f in (apply, restore, export))
+        _REGISTRY[name] = Technique(name, config_cls, run, back, out, doc, search)
         return apply
 
     return decorate
+
+
+def _noting(name: str, fn):
+    """``fn``, recording that technique ``name`` ran: a result depends on the code of the
+    techniques that ran, not on every one the registry imported (``pare.provenance``)."""
+    if fn is None:
+        return None
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        _RAN.add(name)
+        return fn(*args, **kwargs)
+
+    return run
+
+
+def ran() -> set[str]:
+    """The techniques called through the registry in this process so far."""
+    return set(_RAN)
 
 
 def unregister(name: str) -> None:

@@ -34,3 +34,22 @@ def test_clock_records_command_time_and_the_package_sources():
     if provenance.repo_root() is not None:  # run from a checkout: the package's own files
         assert "pare/provenance.py" in record["sources"]
         assert not any(".venv" in s for s in record["sources"])
+
+
+def test_sources_leave_out_techniques_that_never_ran(monkeypatch, tmp_path):
+    from pare import registry
+
+    root = provenance.repo_root()
+    if root is None:
+        return
+    script = tmp_path / "bench.py"
+    script.write_text("print('no technique named here')\n")
+    monkeypatch.setattr(provenance.sys, "argv", [str(script)])
+    monkeypatch.setattr(registry, "_RAN", set())
+    lowrank = "pare/techniques/lowrank/apply.py"
+    assert lowrank not in provenance.loaded_sources(root)  # imported by the registry, never run
+    monkeypatch.setattr(registry, "_RAN", {"lowrank"})
+    assert lowrank in provenance.loaded_sources(root)
+    monkeypatch.setattr(registry, "_RAN", set())
+    script.write_text("from pare.techniques.lowrank.factorize import svd\n")  # named by the script
+    assert lowrank in provenance.loaded_sources(root)
