@@ -74,8 +74,14 @@ HEALING = {  # name -> (technique, config, lr)
     ),
     "LoRA": ("lora", {"rank": 16, "alpha": 32, "layers": ["re:.*_proj$"]}, 1e-3),
     "QLoRA": ("lora", {"rank": 16, "alpha": 32, "layers": ["re:.*_proj$"], "base_bits": 4}, 1e-3),
+    # the same adapters over the codes of a GPTQ stage (4-bit, symmetric groups of 64) run first
+    "QLoRA (GPTQ base)": ("lora", {"rank": 16, "alpha": 32, "layers": ["re:.*_proj$"]}, 1e-3),
 }
-HEALED = {"depth 20 %": ("KD", "LoRA", "QLoRA"), "width 75 % MLP": ("KD", "LoRA"), "half depth": ("KD",)}
+HEALED = {
+    "depth 20 %": ("KD", "LoRA", "QLoRA", "QLoRA (GPTQ base)"),
+    "width 75 % MLP": ("KD", "LoRA"),
+    "half depth": ("KD",),
+}
 NOT_RUN = {
     "llm-compressor SparseGPTModifier / WandaPruningModifier": "not run: its one-shot pipeline on "
     "SmolLM2 did not fit this session's time (llm-compressor's GPTQ runs in benchmarks/llm.py)",
@@ -147,7 +153,7 @@ def main() -> None:
             del pruned
             remove_tree(tmp, tmp / f"{label}-{pattern}")
     rows.append(sparse_gptq_row(args, split, sparse_model, part, task, base, tmp, example, dense))
-    rows += structured_rows(args, split, model, part, task, base, dense, rows[0])
+    rows += structured_rows(args, split, model, part, task, base, dense, rows[0], tmp, example)
     by = {r["name"]: r for r in rows}
 
     def increase(name):
@@ -234,24 +240,32 @@ def measured(name, model, part, task, base, seconds, dense, **extra) -> dict:
 def sparse_gptq_row(args, split, sparse, part, task, base, tmp, example, dense) -> dict:
     """SparseGPT 50 % then GPTQ 4-bit on the same calibration windows: the zeros kept, the file
     the quantize stage ships (4-bit codes; the zeros are not exploited by that format)."""
-    config = {**INT4, "method": "gptq", "input_drift": False, "calibration_samples": 8 if args.quick else 64}
-    t0 = time.perf_counter()
-    q, info = stage(sparse, "quantize", config, split)
-    seconds = time.perf_counter() - t0
-    shipped = export(q, "quantize", config, info, tmp / "sparse-gptq", example)
-    size = sum(f.stat().st_size for f in (tmp / "sparse-gptq").rglob("*") if f.is_file())
-    row = measured("SparseGPT 50 % + GPTQ 4-bit", q, part, task, base, seconds, dense)
-    layers = quant_layers(q)
+    q, row = gptq_row(
+        "SparseGPT 50 % + GPTQ 4-bit", args, split, sparse, part, task, base, tmp, example, dense
+    )
     zeros = kept = 0
-    for n, layer in layers.items():
+    for n, layer in quant_layers(q).items():
         pruned = sparse.get_submodule(n).weight == 0
         zeros += int(pruned.sum())
         kept += int((pruned & (layer.quantized.dequantized == 0)).sum())
-    row.update(size_bytes=size, size_ratio=dense * 4 / size, runtime=shipped.get("runtime", "torch"))
     row["nonzero_params"] = sum(int((p != 0).sum()) for p in sparse.parameters())
     row["zeros_kept"] = kept / max(zeros, 1)
-    remove_tree(tmp, tmp / "sparse-gptq")
     return row
+
+
+def gptq_row(name, args, split, model, part, task, base, tmp, example, dense):
+    """``model`` quantized by GPTQ 4-bit (symmetric groups of 64) on the calibration windows,
+    measured with the file the quantize stage ships and in its runtime; the model and the row."""
+    config = {**INT4, "method": "gptq", "input_drift": False, "calibration_samples": 8 if args.quick else 64}
+    t0 = time.perf_counter()
+    q, info = stage(model, "quantize", config, split)
+    seconds = time.perf_counter() - t0
+    shipped = export(q, "quantize", config, info, tmp / "gptq", example)
+    size = sum(f.stat().st_size for f in (tmp / "gptq").rglob("*") if f.is_file())
+    row = measured(name, q, part, task, base, seconds, dense)
+    row.update(size_bytes=size, size_ratio=dense * 4 / size, runtime=shipped.get("runtime", "torch"))
+    remove_tree(tmp, tmp / "gptq")
+    return q, row
 
 
 def _heal_info(info: dict) -> dict:
@@ -259,7 +273,7 @@ def _heal_info(info: dict) -> dict:
     return {k: info[k] for k in keep if info.get(k) is not None}
 
 
-def structured_rows(args, split, model, part, task, base, dense, dense_row) -> list[dict]:
+def structured_rows(args, split, model, part, task, base, dense, dense_row, tmp, example) -> list[dict]:
     """Depth and width pruning, as pruned and healed, then decode speed of each architecture
     (written into its rows and ``dense_row``)."""
     n = min(8 if args.quick else HEAL_WINDOWS, len(split.train))
@@ -274,15 +288,23 @@ def structured_rows(args, split, model, part, task, base, dense, dense_row) -> l
         extra = {"dropped_blocks": info.get("dropped_blocks"), "config_changes": info.get("config_changes")}
         rows.append(measured(name, pruned, part, task, base, seconds, dense, **extra))
         shapes[name] = pruned
+        gptq = None
         for heal in HEALED[name]:
             technique, heal_config, lr = HEALING[heal]
+            start = pruned
+            if "GPTQ" in heal:  # quantized once, measured as the base the adapters heal
+                gptq, row = gptq_row(
+                    f"{name} + GPTQ 4-bit", args, split, pruned, part, task, base, tmp, example, dense
+                )
+                rows.append(row)
+                start = gptq
             if technique == "lora":
                 heal_config = {**heal_config, "finetune_epochs": 1, "finetune_lr": lr}
             else:
                 heal_config = {**heal_config, "epochs": 1, "lr": lr}
             train = TrainConfig(batch_size=4, epochs=1, lr=lr, patience=None)
             t0 = time.perf_counter()
-            healed, info = stage(pruned, technique, heal_config, heal_split, train=train, baseline=model)
+            healed, info = stage(start, technique, heal_config, heal_split, train=train, baseline=model)
             seconds = time.perf_counter() - t0
             rows.append(
                 measured(
@@ -290,11 +312,12 @@ def structured_rows(args, split, model, part, task, base, dense, dense_row) -> l
                 )
             )
             del healed
+        del gptq
     tokenizer = load_tokenizer(*source(smollm2_recipe()))
     timed = speed(shapes, tokenizer, 1 if args.quick else 3, 32, one_row=set(shapes))
     for r in rows:
         arch = next((a for a in shapes if r["name"] == a or r["name"].startswith(a + " +")), None)
-        if arch is not None:
+        if arch is not None and r["runtime"] == "torch":  # not the ONNX Runtime rows
             r.update(
                 decode_tokens_per_s=timed[arch]["decode_tokens_per_s"], prefill_ms=timed[arch]["prefill_ms"]
             )
@@ -334,12 +357,19 @@ def structured_targets(by: dict) -> list[dict]:
                 recovered is not None and recovered >= 0.5,
             )
         )
-    gap = by["depth 20 % + QLoRA"]["metrics"]["perplexity"] - by["depth 20 % + LoRA"]["metrics"]["perplexity"]
-    out.append(
-        target(
-            "QLoRA vs LoRA", "QLoRA (4-bit base) within 0.5 perplexity of LoRA (float base)", gap, gap <= 0.5
+    for heal, base in (("QLoRA", "RTN"), ("QLoRA (GPTQ base)", "GPTQ")):
+        gap = (
+            by[f"depth 20 % + {heal}"]["metrics"]["perplexity"]
+            - by["depth 20 % + LoRA"]["metrics"]["perplexity"]
         )
-    )
+        out.append(
+            target(
+                f"{heal} vs LoRA",
+                f"QLoRA (4-bit {base} base) within 0.5 perplexity of LoRA (float base)",
+                gap,
+                gap <= 0.5,
+            )
+        )
     return out
 
 

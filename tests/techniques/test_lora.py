@@ -10,8 +10,10 @@ import torch.nn as nn
 import pare
 from pare.errors import ConfigError
 from pare.recipes.schema import TrainConfig
+from pare.techniques.lora.apply import wrap
 from pare.techniques.lora.config import LoRAConfig
 from pare.techniques.lora.layers import LoRALinear, QuantBase, merge_adapters
+from pare.techniques.quantize.config import QuantizeConfig
 from tests.helpers import accuracy, trained
 
 
@@ -44,7 +46,7 @@ def test_quantized_base_is_close_and_small():
     torch.manual_seed(0)
     base = nn.Linear(128, 32)
     for bits, tol in ((8, 0.01), (4, 0.15)):
-        q = QuantBase(base, bits, group_size=64)
+        q = QuantBase.rtn(base, bits, group_size=64)
         rel = (q.weight - base.weight).norm() / base.weight.norm()
         assert rel < tol
         assert q.storage_bytes() == 128 * 32 * bits // 8 + (128 // 64) * 32 * 2
@@ -70,6 +72,38 @@ def test_only_adapters_train_and_improve_the_model(mlp, digits_split, base_bits,
         "adapter_model.safetensors",
     }
     assert accuracy(tuned, digits_split.val) > before + 0.02
+
+
+def test_qlora_over_a_gptq_stage_trains_over_its_codes(mlp, digits_split):
+    """After a GPTQ stage the adapters sit on the codes GPTQ chose, not on a re-quantized copy:
+    with B = 0 the wrapped model is the quantized one exactly, and the merged model after
+    training differs from it only by the adapters' update."""
+    gptq = QuantizeConfig(
+        mode="weight_only", method="gptq", bits=4, granularity="per_group", group_size=16, calibration_samples=64
+    )
+    quantized, _ = pare.compress(mlp, gptq, digits_split)
+    x = torch.as_tensor(digits_split.val.X[:32])
+    with torch.no_grad():
+        expected = quantized(x)
+    wrapped = copy.deepcopy(quantized)
+    layers = wrap(wrapped, LoRAConfig(rank=2))
+    assert set(layers) == {"net.1", "net.4", "net.7"}  # the QuantLayers, not the float Linears inside
+    for name in layers:
+        base = wrapped.get_submodule(name).base
+        assert isinstance(base, QuantBase) and base.spec.bits == 4
+        assert torch.equal(base.weight, quantized.get_submodule(name).weight_q)  # GPTQ's codes, decoded
+        assert base.storage_bytes() < quantized.get_submodule(name).base.weight.numel() * 4 / 5
+    with torch.no_grad():
+        assert torch.equal(wrapped(x), expected)
+    config = LoRAConfig(rank=4, finetune_epochs=2, finetune_lr=3e-3, merge=False)
+    tuned, info = pare.compress(quantized, config, digits_split, train=TrainConfig(patience=None))
+    assert info["base_bits"] == 4 and info["base_bytes_quantized"] > 0
+    for name in layers:
+        layer = tuned.get_submodule(name)
+        assert torch.equal(layer.base.weight, quantized.get_submodule(name).weight_q)  # frozen
+        assert layer.lora_B.abs().sum() > 0  # the adapters trained
+    with pytest.raises(ConfigError, match="base_bits: 8 differs from the 4 bits layer 'net.1'"):
+        pare.compress(quantized, LoRAConfig(base_bits=8), digits_split)
 
 
 def test_merged_stage_ships_plain_layers(mlp, digits_split):

@@ -32,7 +32,10 @@ class Captures:
         self.values: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
         self.handles = [
-            modules[n].register_forward_hook(lambda m, i, o, n=n: self.values.__setitem__(n, o))
+            # a transformers block may return (hidden states, ...): the hidden states are matched
+            modules[n].register_forward_hook(
+                lambda m, i, o, n=n: self.values.__setitem__(n, o[0] if isinstance(o, tuple) else o)
+            )
             for n in outputs
         ]
         if embedding is not None:
@@ -191,9 +194,13 @@ class DistillHook(Hook):
             weights = [t.weight for t in cfg.teachers] if cfg.weighting == "fixed" else None
             target = soft_targets(logits, cfg.temperature, cfg.weighting, weights, state.targets)
             terms["kd"] = cfg.alpha * kd_loss(state.outputs, target, cfg.temperature)
+        # a language model's hidden states are matched where tokens are scored, not on padding
+        tokens = state.targets != IGNORE if state.outputs.dim() == 3 else None
         for i, f in enumerate(self.features):
             s = self.adapters[str(i)](self.capture.values[f.student])
-            terms[f"feat:{f.student}"] = f.weight * feature_loss(s, teacher[f"feature:{f.teacher}"], f.loss)
+            t = teacher[f"feature:{f.teacher}"]
+            mask = tokens if tokens is not None and s.dim() == 3 and s.shape[:2] == tokens.shape else None
+            terms[f"feat:{f.student}"] = f.weight * feature_loss(s, t, f.loss, mask)
         if self.crd_heads is not None:
             zs = self.crd_heads["student"](self.capture.values["embedding"])
             zt = self.crd_heads["teacher"](teacher["embedding"])

@@ -65,8 +65,12 @@ def token_kd_loss(
     return kl.mean() * temperature**2
 
 
-def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
-    """MSE, or 1 - cosine similarity of each sample's flattened features, averaged."""
+def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, mask=None) -> torch.Tensor:
+    """MSE, or 1 - cosine similarity of each sample's flattened features, averaged. ``mask``
+    (samples x positions) keeps only those positions of token features (a language model's
+    hidden states: padding left out), each position then one sample."""
+    if mask is not None:
+        student, teacher = student[mask], teacher[mask]
     if kind == "mse":
         return F.mse_loss(student, teacher)
     return (1 - F.cosine_similarity(student.flatten(1), teacher.flatten(1), dim=1)).mean()

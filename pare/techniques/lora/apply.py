@@ -13,29 +13,65 @@ from pare.techniques.lora.config import LoRAConfig
 from pare.techniques.lora.layers import LoRALinear, QuantBase, adapter_state, merge_adapters
 
 
+def _linear(module: nn.Module) -> nn.Linear:
+    """The float Linear of a selected layer: itself, or the one a quantize stage wrapped."""
+    return module.base if _quantized(module) else module
+
+
+def _quantized(module: nn.Module) -> bool:
+    # a quantize stage's QuantLayer, by its name: techniques do not import each other
+    return type(module).__name__ == "QuantLayer"
+
+
 def tied_to_tables(model: nn.Module, names) -> list[str]:
     """Layers whose weight is a token table too (a tied LM head): an update merged into them
     would be lost on reload, where the head is tied to the table again; they stay frozen."""
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    return [n for n in names if id(model.get_submodule(n).weight) in tables]
+    return [n for n in names if id(_linear(model.get_submodule(n)).weight) in tables]
 
 
-def wrap(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Linear]:
+def wrap(model: nn.Module, config: LoRAConfig) -> dict[str, nn.Module]:
+    """Adapters on the selected Linear layers. A layer a quantize stage left quantized keeps
+    the codes it chose as the frozen base (QLoRA over GPTQ, AWQ or RTN); a float one is
+    quantized here when ``base_bits`` asks for it."""
     layers = select_layers(
-        model, include=config.layers, exclude=config.exclude, types=(nn.Linear,), key="layers"
+        model, include=config.layers, exclude=config.exclude, types=(nn.Linear, "QuantLayer"), key="layers"
     )
+    quantized = {n for n, m in model.named_modules() if _quantized(m)}
+    for name in [n for n in layers if n.rpartition(".")[0] in quantized]:  # a QuantLayer's own float Linear
+        del layers[name]
     for name in tied_to_tables(model, layers):
         del layers[name]
-    too_small = [
-        f"rank: {config.rank} is larger than layer {n!r} allows ({min(m.in_features, m.out_features)}, "
-        f"the smaller of its {m.in_features} inputs and {m.out_features} outputs)"
-        for n, m in layers.items()
-        if config.rank > min(m.in_features, m.out_features)
-    ]
-    if too_small:
-        raise ConfigError(too_small)
+    problems = []
+    for n, m in layers.items():
+        linear = _linear(m)
+        if not isinstance(linear, nn.Linear):
+            problems.append(f"layers: {n!r} is a quantized {type(linear).__name__}; LoRA takes Linear layers")
+        elif config.rank > min(linear.in_features, linear.out_features):
+            problems.append(
+                f"rank: {config.rank} is larger than layer {n!r} allows "
+                f"({min(linear.in_features, linear.out_features)}, the smaller of its {linear.in_features} "
+                f"inputs and {linear.out_features} outputs)"
+            )
+        elif _quantized(m) and getattr(m, "dynamic_bits", None):
+            problems.append(
+                f"layers: {n!r} quantizes its inputs at run time (dynamic mode); LoRA trains over "
+                "weight-only quantized layers: quantize with mode: weight_only, or after the lora stage"
+            )
+        elif _quantized(m) and config.base_bits not in (None, m.spec.bits):
+            problems.append(
+                f"base_bits: {config.base_bits} differs from the {m.spec.bits} bits layer {n!r} was "
+                "quantized to by an earlier stage, whose codes are the base; leave base_bits out"
+            )
+    if problems:
+        raise ConfigError(problems)
     for name, layer in layers.items():
-        base = QuantBase(layer, config.base_bits, config.group_size) if config.base_bits else layer
+        if _quantized(layer):
+            base = QuantBase.of(layer)
+        elif config.base_bits:
+            base = QuantBase.rtn(layer, config.base_bits, config.group_size)
+        else:
+            base = layer
         replace_module(model, name, LoRALinear(base, config.rank, config.alpha, config.dropout))
     return layers
 
@@ -81,10 +117,12 @@ def lora(model: nn.Module, config: LoRAConfig, ctx):
     tied = tied_to_tables(model, [n for n, m in model.named_modules() if type(m) is nn.Linear])
     if tied:
         info["frozen_tied"] = tied  # no adapter: see tied_to_tables
-    if config.base_bits:
-        info["base_bytes_quantized"] = sum(
-            m.base.storage_bytes() for m in model.modules() if isinstance(m, LoRALinear)
-        )
+    quantized = [
+        m.base for m in model.modules() if isinstance(m, LoRALinear) and isinstance(m.base, QuantBase)
+    ]
+    if quantized:
+        info["base_bits"] = max(q.spec.bits for q in quantized)
+        info["base_bytes_quantized"] = sum(q.storage_bytes() for q in quantized)
     for p in model.parameters():
         p.requires_grad_(True)
     if config.merge:

@@ -1,7 +1,8 @@
 """``LoRALinear``: y = base(x) + (alpha / r) * B(A(dropout(x))), A random, B zero, so training
 starts from the base model exactly. ``merge`` folds the update into the weight; ``unmerge``
 takes it out again. With QLoRA the base weight is held as integer codes plus per-group
-scales (``QuantBase``) and dequantized on each forward: frozen and small in memory."""
+scales (``QuantBase``), its own round-to-nearest codes or those a quantize stage chose (GPTQ,
+AWQ), and dequantized on each forward: frozen and small in memory."""
 
 from __future__ import annotations
 
@@ -11,38 +12,61 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pare.formats.packed import dequantize
+from pare.formats.schemes import WeightSpec, quantize_weight
 from pare.graph.merge import merge_modules
 
 
 class QuantBase(nn.Module):
-    """A frozen Linear stored as symmetric ``bits``-bit codes with one scale per group of
-    ``group_size`` inputs (round to nearest)."""
+    """A frozen Linear held as integer codes and their parameters (scales, zero points),
+    decoded on each forward: round-to-nearest of a float layer (``rtn``), or the very codes a
+    quantize stage chose (``of``: GPTQ, AWQ or RTN), so that QLoRA trains over the base that
+    ships instead of re-quantizing it."""
 
-    def __init__(self, linear: nn.Linear, bits: int, group_size: int):
+    def __init__(self, codes: torch.Tensor, params: dict[str, torch.Tensor], spec: WeightSpec, bias):
         super().__init__()
-        w = linear.weight.detach()
-        out_f, in_f = w.shape
-        if in_f % group_size:
-            group_size = math.gcd(in_f, group_size)
-        qmax = 2 ** (bits - 1) - 1
-        groups = w.reshape(out_f, in_f // group_size, group_size)
-        scale = groups.abs().amax(-1, keepdim=True).clamp(min=1e-12) / qmax
-        self.register_buffer("codes", torch.round(groups / scale).clamp(-qmax, qmax).to(torch.int8))
-        self.register_buffer("scale", scale.to(torch.float16))
-        self.bias = (
-            None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.spec = spec
+        self.out_features, self.in_features = codes.shape
+        # 4-bit codes sit in int8 memory here; storage_bytes counts them packed
+        self.register_buffer("codes", codes.to(torch.int8 if spec.symmetric else torch.uint8))
+        self.param_keys = sorted(params)
+        for k, v in params.items():
+            self.register_buffer(k, v.detach().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def rtn(cls, linear: nn.Linear, bits: int, group_size: int) -> QuantBase:
+        """Symmetric ``bits``-bit codes, one fp16 scale per group of ``group_size`` inputs (the
+        largest divisor of the inputs up to it where it does not divide them)."""
+        size = (
+            group_size if linear.in_features % group_size == 0 else math.gcd(linear.in_features, group_size)
         )
-        self.bits, self.in_features, self.out_features = bits, in_f, out_f
+        spec = WeightSpec(bits=bits, symmetric=True, granularity="per_group", group_size=size)
+        q = quantize_weight(linear.weight.detach(), spec)
+        params = {"scale": q.params["scale"].half(), "zero_point": q.params["zero_point"].to(torch.int8)}
+        return cls(q.codes, params, spec, linear.bias)
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> QuantBase:
+        """The codes of a weight-only quantized Linear (``pare.techniques.quantize.layers.QuantLayer``,
+        read through its ``quantized`` property)."""
+        q = layer.quantized
+        return cls(q.codes.reshape(layer.base.weight.shape), q.params, layer.spec, layer.base.bias)
 
     @property
     def weight(self) -> torch.Tensor:
-        return (self.codes.float() * self.scale.float()).reshape(self.out_features, self.in_features)
+        params = {k: getattr(self, k).float() for k in self.param_keys}
+        return dequantize(self.codes, params, self.spec, (self.out_features, self.in_features))
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
     def storage_bytes(self) -> int:
-        return self.codes.numel() * self.bits // 8 + self.scale.numel() * 2
+        """Codes packed at ``bits`` each, scales and zero points as held (symmetric zero points,
+        all 0, are not stored by the serving formats and not counted)."""
+        kept = [k for k in self.param_keys if not (k == "zero_point" and self.spec.symmetric)]
+        params = sum(getattr(self, k).numel() * getattr(self, k).element_size() for k in kept)
+        return self.codes.numel() * self.spec.bits // 8 + params
 
 
 class LoRALinear(nn.Module):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import pare
 from pare.errors import ConfigError
 from pare.techniques.distill import apply as distill_apply
-from pare.techniques.distill.losses import token_kd_loss
+from pare.techniques.distill.losses import feature_loss, token_kd_loss
 from tests.tasks.text.conftest import tiny_causal_lm
 from tests.tasks.text.test_causal_lm import lm_recipe
 
@@ -82,6 +82,45 @@ def test_kd_heals_a_depth_pruned_decoder_towards_the_unpruned_one(tmp_path):
     assert info["teacher_cache_bytes"] % (64 * 16 * 8) == 0  # per position: 16 float32 logits, 16 int32 ids
     epochs = healed["history"]["epochs"]
     assert epochs[-1]["kd"] < epochs[0]["kd"]
+
+
+def test_hidden_state_matching_leaves_padding_out():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    kept = torch.tensor([[True, True, True, False, False], [True] * 5])
+    padded = s.clone()
+    padded[0, 3:] += 100.0  # what padding positions hold must not matter
+    assert feature_loss(padded, t, "mse", kept) == pytest.approx(float(((s - t)[kept] ** 2).mean()), rel=1e-6)
+    cosine = 1 - F.cosine_similarity(s[kept], t[kept], dim=-1).mean()  # per position
+    assert feature_loss(padded, t, "cosine", kept) == pytest.approx(float(cosine), rel=1e-6)
+    assert feature_loss(padded, t, "mse") > 100  # unmasked, the padding dominates
+
+
+def test_hidden_states_of_a_depth_pruned_decoder_are_pulled_to_the_unpruned_one_s(tmp_path):
+    lm = tiny_causal_lm(tmp_path / "llama", "llama", num_hidden_layers=4, initializer_range=0.25)
+    recipe = lm_recipe({"hf": str(lm)}, source="text", path=str(small_corpus(tmp_path / "text")))
+    recipe["train"] = {"batch_size": 8, "patience": None}
+    recipe["stages"] = [
+        {"technique": "prune", "name": "depth", "method": "blocks", "criterion": "cosine", "amount": 0.5},
+        {
+            "technique": "distill",
+            "name": "healed",
+            "teachers": [{"stage": "baseline"}],
+            "top_k": 16,
+            "alpha": 0.5,
+            # the last block's output on both sides: 4 blocks in the teacher, 2 in the student
+            "features": [{"teacher": "model.model.layers.3", "student": "model.model.layers.1"}],
+            "epochs": 3,
+            "lr": 3e-3,
+        },
+    ]
+    results = pare.run(recipe, tmp_path / "run")
+    healed = results["stages"][2]
+    assert healed["info"]["adapter_params"] == 0  # same width: matched directly, no projection
+    epochs = healed["history"]["epochs"]
+    term = "feat:model.model.layers.1"
+    assert epochs[2][term] < epochs[1][term] < 0.9 * epochs[0][term]
+    assert healed["comparison"]["kl_divergence"] < results["stages"][1]["comparison"]["kl_divergence"]
 
 
 def test_what_token_distillation_cannot_take_is_refused_before_training(tmp_path, monkeypatch):
