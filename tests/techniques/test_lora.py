@@ -79,7 +79,12 @@ def test_qlora_over_a_gptq_stage_trains_over_its_codes(mlp, digits_split):
     with B = 0 the wrapped model is the quantized one exactly, and the merged model after
     training differs from it only by the adapters' update."""
     gptq = QuantizeConfig(
-        mode="weight_only", method="gptq", bits=4, granularity="per_group", group_size=16, calibration_samples=64
+        mode="weight_only",
+        method="gptq",
+        bits=4,
+        granularity="per_group",
+        group_size=16,
+        calibration_samples=64,
     )
     quantized, _ = pare.compress(mlp, gptq, digits_split)
     x = torch.as_tensor(digits_split.val.X[:32])
