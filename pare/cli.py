@@ -34,6 +34,7 @@ def _cmd_recipes(args) -> None:
 
 
 def _cmd_validate(args) -> None:
+    from pare.errors import ConfigError
     from pare.recipes import load_recipe
     from pare.recipes.pipeline import recipe_model, recipe_splits
     from pare.recipes.runner import check_out
@@ -43,6 +44,14 @@ def _cmd_validate(args) -> None:
     # what `pare run` does before it trains: load and split the data, build the model once and
     # run a batch of two through it (shapes, classes, vocabulary, size)
     split = recipe_splits(recipe)[0]
+    # what a stage's settings cannot do for this task (known once the data is): e.g. CRD for a language model
+    problems = [
+        f"stages[{i}].{p}"
+        for i, s in enumerate(recipe.stages)
+        for p in (s.config.task_problems(split.kind) if hasattr(s.config, "task_problems") else [])
+    ]
+    if problems:
+        raise ConfigError(problems, args.recipe)
     params = sum(p.numel() for p in recipe_model(recipe, split).parameters())
     model = recipe.model.name or recipe.model.factory or recipe.model.hf or recipe.model.gguf
     stages = ", ".join(f"{s.name} ({s.technique})" for s in recipe.stages) or "none"

@@ -73,23 +73,7 @@ def distill(model: nn.Module, config: DistillConfig, ctx):
 
 
 def _check_task(config: DistillConfig, kind: str) -> None:
-    """What a language model's token-level distillation does not take, refused before any work."""
-    lm = kind == "language_model"
-    problems = []
-    if config.top_k is not None and not lm:
-        problems.append(f"top_k: only language models keep their teacher's top tokens; this task is {kind}")
-    if lm and config.crd is not None:
-        problems.append(
-            "crd: contrasts one embedding per sample; a language model is distilled per token (drop crd)"
-        )
-    if lm and len(config.teachers) > 1:
-        problems.append(f"teachers: a language model learns from one teacher; got {len(config.teachers)}")
-    if lm and config.student is not None and config.student.shrink is not None:
-        problems.append(
-            "student.shrink: prunes channels through a traced graph, which a language model is not; prune it "
-            "first (prune with method: blocks, heads or ffn) and distil that stage (student omitted, "
-            "teachers: [{stage: baseline}])"
-        )
+    problems = config.task_problems(kind)
     if problems:
         raise ConfigError(problems)
 

@@ -120,3 +120,26 @@ class DistillConfig(Config):
         if self.alpha == 0 and not self.features and self.crd is None:
             problems.append("alpha: 0 with no features and no crd leaves nothing to distil")
         return problems
+
+    def task_problems(self, kind: str) -> list[str]:
+        """What distillation for a ``kind`` task does not take (a language model is distilled per
+        token, from one teacher): checked by ``pare validate`` and before the stage does any work."""
+        lm = kind == "language_model"
+        problems = []
+        if self.top_k is not None and not lm:
+            problems.append(
+                f"top_k: only language models keep their teacher's top tokens; this task is {kind}"
+            )
+        if lm and self.crd is not None:
+            problems.append(
+                "crd: contrasts one embedding per sample; a language model is distilled per token (drop crd)"
+            )
+        if lm and len(self.teachers) > 1:
+            problems.append(f"teachers: a language model learns from one teacher; got {len(self.teachers)}")
+        if lm and self.student is not None and self.student.shrink is not None:
+            problems.append(
+                "student.shrink: prunes channels through a traced graph, which a language model is not; prune it "
+                "first (prune with method: blocks, heads or ffn) and distil that stage (student omitted, "
+                "teachers: [{stage: baseline}])"
+            )
+        return problems

@@ -123,9 +123,20 @@ def test_hidden_states_of_a_depth_pruned_decoder_are_pulled_to_the_unpruned_one_
     assert healed["comparison"]["kl_divergence"] < results["stages"][1]["comparison"]["kl_divergence"]
 
 
-def test_what_token_distillation_cannot_take_is_refused_before_training(tmp_path, monkeypatch):
+def test_what_token_distillation_cannot_take_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from pare.cli import main
+
     recipe = lm_recipe({"hf": str(tiny_causal_lm(tmp_path / "llama", "llama"))})
     kd = {"technique": "distill", "name": "kd", "teachers": [{"stage": "baseline"}]}
+    recipe["stages"] = [{**kd, "teachers": [{"stage": "baseline"}] * 2, "crd": {"weight": 0.5}}]
+    (tmp_path / "kd.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(tmp_path / "kd.yaml"), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert "2 problems" in err and "Traceback" not in err
+    assert "stages[0].crd: contrasts one embedding per sample" in err
+    assert "stages[0].teachers: a language model learns from one teacher; got 2" in err
     recipe["stages"] = [{**kd, "student": {"shrink": 0.5}}]
     with pytest.raises(ConfigError, match="student.shrink: prunes channels through a traced graph"):
         pare.run(recipe, tmp_path / "a")
