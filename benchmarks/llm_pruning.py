@@ -12,7 +12,11 @@ artifact (bitmask + values, ``model.sparse.safetensors``) against the dense fp32
 the mean relative reconstruction error of the pruned layers on their calibration inputs; and
 the seconds the stage took. Sparse weights run as dense ones in torch and ONNX Runtime on this
 CPU: the rows shrink files, not latency, so no speed is quoted for them. SparseGPT 50 % is then
-quantized by GPTQ 4-bit (symmetric, group 64), which keeps its zeros.
+quantized by GPTQ 4-bit (symmetric, group 64), which keeps its zeros. The peers, llm-compressor's
+WandaPruningModifier and SparseGPTModifier (in their own environment, ``.venv-llmcompressor``),
+prune the same layers at the same sparsities from the same calibration windows; their weights
+are scored here exactly as pare's, their size is the folder llm-compressor saves (the sparse
+compression it picks itself).
 
 Structured rows make the model smaller for real: depth pruning drops 20 % of the decoder blocks
 (the 6 of 30 that turn the hidden state least on 64 calibration windows, ShortGPT's block
@@ -20,7 +24,8 @@ influence), width pruning removes 25 % of every block's MLP neurons (gate/up/dow
 their L2 norm), and "half depth" drops 15 blocks. Each is measured as pruned and after healing
 on HEAL_WINDOWS training windows for one epoch: token-level KD from the dense model (top-64
 cache, temperature 1, all weights trained) or LoRA (rank 16 on every projection, merged), and
-for depth also QLoRA (the same adapters over a 4-bit base, symmetric groups of 64). Their
+for depth also QLoRA: the same adapters over a 4-bit base (symmetric groups of 64), rounded to
+nearest by the lora stage, or the codes of a GPTQ stage run first (measured as such too). Their
 decode tokens/s and prefill ms are measured in torch with the KV cache (transformers, batch 1,
 32 new tokens, the default prompts, the models taking turns), the runtime these stages ship in
 (a Hugging Face folder with a smaller config).
@@ -32,6 +37,8 @@ windows, one timing round (a smoke run: every row, no meaningful figures, target
 from __future__ import annotations
 
 import atexit
+import copy
+import json
 import shutil
 import statistics
 import sys
@@ -46,11 +53,21 @@ import dataclasses  # noqa: E402
 
 import torch  # noqa: E402
 from _common import export, parse_args, print_table, print_targets, stage, target, write  # noqa: E402
-from llm import INT4, MODEL, quality, smollm2, speed  # noqa: E402
+from llm import (  # noqa: E402
+    INT4,
+    LLMCOMPRESSOR_VENV,
+    MODEL,
+    calibration_windows,
+    quality,
+    run_script,
+    smollm2,
+    speed,
+)
 
 from pare.data.dataset import Part  # noqa: E402
 from pare.io import remove_tree  # noqa: E402
 from pare.models.hf import load_tokenizer, source  # noqa: E402
+from pare.recipes.checkpoint import lm_checkpoint  # noqa: E402
 from pare.recipes.schema import TrainConfig  # noqa: E402
 from pare.tasks import get_task  # noqa: E402
 from pare.techniques.quantize.apply import quant_layers  # noqa: E402
@@ -82,10 +99,8 @@ HEALED = {
     "width 75 % MLP": ("KD", "LoRA"),
     "half depth": ("KD",),
 }
-NOT_RUN = {
-    "llm-compressor SparseGPTModifier / WandaPruningModifier": "not run: its one-shot pipeline on "
-    "SmolLM2 did not fit this session's time (llm-compressor's GPTQ runs in benchmarks/llm.py)",
-}
+PEERS = {"Wanda": "wanda", "SparseGPT": "sparsegpt"}  # llm-compressor's modifiers, by pare's label
+PEER_MASKS = {"unstructured": "0:0", "2:4": "2:4"}  # llm-compressor's mask_structure per pattern
 
 
 def main() -> None:
@@ -152,6 +167,8 @@ def main() -> None:
                 sparse_model = pruned
             del pruned
             remove_tree(tmp, tmp / f"{label}-{pattern}")
+    not_run = {}
+    rows += peer_rows(args, split, model, part, task, base, tmp, dense, not_run)
     rows.append(sparse_gptq_row(args, split, sparse_model, part, task, base, tmp, example, dense))
     rows += structured_rows(args, split, model, part, task, base, dense, rows[0], tmp, example)
     by = {r["name"]: r for r in rows}
@@ -181,7 +198,7 @@ def main() -> None:
             ("KL", lambda r: f"{r['metrics'].get('kl_divergence', 0):.4f}"),
             ("same top", lambda r: f"{100 * r['metrics'].get('same_top_token', 1):.1f} %"),
             ("non-zero M", lambda r: f"{r['nonzero_params'] / 1e6:.1f}"),
-            ("MB", lambda r: f"{r['size_bytes'] / 1e6:.1f}"),
+            ("MB", lambda r: f"{r['size_bytes'] / 1e6:.1f}" if r["size_bytes"] else "-"),
             (
                 "rec. error",
                 lambda r: f"{r['reconstruction_error']:.4f}" if r["reconstruction_error"] else "-",
@@ -195,15 +212,16 @@ def main() -> None:
         ],
     )
     print_targets(targets)
-    print("\nnot run here:")
-    for what, why in NOT_RUN.items():
+    if not_run:
+        print("\nnot run here:")
+    for what, why in not_run.items():
         print(f"  {what}: {why}")
     write(
         "llm_pruning",
         args,
         rows,
         targets,
-        not_run=NOT_RUN,
+        not_run=not_run,
         setup={
             "blocks": len(model.model.model.layers),
             "windows": windows,
@@ -213,6 +231,61 @@ def main() -> None:
             "heal_windows": min(HEAL_WINDOWS, len(split.train)),
         },
     )
+
+
+def peer_rows(args, split, model, part, task, base, tmp, dense, not_run: dict) -> list[dict]:
+    """llm-compressor's WandaPruningModifier and SparseGPTModifier at the same sparsities on the
+    same calibration windows, each in a process of its own (``LLMCOMPRESSOR_VENV``); their pruned
+    weights scored here like pare's rows, their size the folder llm-compressor saves. What did
+    not run goes into ``not_run`` with the reason."""
+    python = LLMCOMPRESSOR_VENV / "bin" / "python"
+    if not python.exists():
+        not_run["llm-compressor"] = (
+            f"not installed: {LLMCOMPRESSOR_VENV.name} is missing (make setup creates it)"
+        )
+        return []
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp / "fp32-hf"
+    lm_checkpoint(copy.deepcopy(model), load_tokenizer(*source(smollm2_recipe())), folder)
+    windows = calibration_windows(
+        split, {"mode": "weight_only", "calibration_samples": 8 if args.quick else 64}
+    )
+    save_file({"ids": torch.cat(windows).contiguous()}, str(tmp / "windows.safetensors"))
+    rows = []
+    for pattern, mask in PEER_MASKS.items():
+        for label, method in PEERS.items():
+            name, out = f"{label} {pattern} (llm-compressor)", tmp / f"llmc-{method}-{pattern}"
+            spec = {"method": method, "sparsity": 0.5, "mask_structure": mask, "ignore": ["lm_head"]}
+            script = [str(python), str(Path(HERE) / "_llmcompressor_prune.py"), str(folder)]
+            try:
+                done = json.loads(
+                    run_script(script + [str(tmp / "windows.safetensors"), json.dumps(spec), str(out)], name)
+                )
+            except RuntimeError as e:
+                not_run[name] = str(e)[-600:]
+                continue
+            pruned = copy.deepcopy(model)
+            loaded = pruned.model.load_state_dict(load_file(str(out / "weights.safetensors")), strict=False)
+            if loaded.unexpected_keys:
+                raise RuntimeError(
+                    f"{name}: weights pare's model does not have: {loaded.unexpected_keys[:5]}"
+                )
+            row = measured(name, pruned, part, task, base, done["seconds"], dense, tool="llm-compressor")
+            row.update(
+                runtime="torch (dense kernels)",
+                nonzero_params=sum(int((p != 0).sum()) for p in pruned.parameters()),
+                size_bytes=done.get("bytes"),
+                size_ratio=dense * 4 / done["bytes"] if done.get("bytes") else None,
+                peer={k: v for k, v in done.items() if k != "seconds"},
+            )
+            if "save_error" in done:
+                not_run[f"{name}: its compressed folder"] = done["save_error"]
+            rows.append(row)
+            del pruned
+            remove_tree(tmp, out)
+    remove_tree(tmp, folder)
+    return rows
 
 
 def measured(name, model, part, task, base, seconds, dense, **extra) -> dict:

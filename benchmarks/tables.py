@@ -360,7 +360,7 @@ def llm_pruning(r: dict) -> str:
                 *lm_quality(m, dense),
                 f"{row['nonzero_params'] / 1e6:.1f} M",
                 size(row["size_bytes"]),
-                f"{row['size_ratio']:.2f}×",
+                f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "—",
                 "—"
                 if error is None
                 else f"{error:.4f} (magnitude {row['magnitude_reconstruction_error']:.4f})",
