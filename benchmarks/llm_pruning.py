@@ -177,6 +177,15 @@ def main() -> None:
         return by[name]["metrics"]["perplexity_increase"]
 
     targets = structured_targets(by)
+    memory = lora_memory(args.quick)
+    targets.append(
+        target(
+            "LoRA step memory",
+            "pare estimate-memory within ±10 % of the LoRA healing step's measured tensor peak",
+            memory["error"],
+            abs(memory["error"]) <= 0.10,
+        )
+    )
     for pattern, share in [("unstructured", 3), ("2:4", 2)]:
         for label in ("Wanda", "SparseGPT"):
             ratio = increase(f"{label} {pattern}") / increase(f"magnitude {pattern}")
@@ -222,6 +231,7 @@ def main() -> None:
         rows,
         targets,
         not_run=not_run,
+        lora_memory=memory,
         setup={
             "blocks": len(model.model.model.layers),
             "windows": windows,
@@ -399,6 +409,34 @@ def structured_rows(args, split, model, part, task, base, dense, dense_row, tmp,
         prefill_ms=timed["dense fp32"]["prefill_ms"],
     )
     return rows
+
+
+def lora_memory(quick: bool) -> dict:
+    """``pare estimate-memory`` for one step of the LoRA healing (rank 16 on every projection,
+    AdamW, batch 4 x 256 tokens; quick: batch 1 x 32) against the same step run for real here:
+    the peak of tensor bytes (weights, batch, gradients, AdamW states, saved activations,
+    temporaries) and the growth of the process's peak resident memory."""
+    from pare.estimate.training import TrainSetup, estimate_training_memory, measure_training_memory
+    from pare.estimate.workloads import hf_workload
+
+    folder, name = source(smollm2_recipe())
+    workload = hf_workload(str(Path(folder) / name), seq_len=32 if quick else 256)
+    setup = TrainSetup(batch_size=1 if quick else 4, optimizer="adamw", lora_rank=16)
+    estimate = estimate_training_memory(workload, setup)
+    measured = measure_training_memory(workload, setup)
+    out = {
+        "setup": {"batch_size": setup.batch_size, "seq_len": 32 if quick else 256, "lora_rank": 16},
+        "estimate": estimate["total"],
+        "measured_tensors": measured["total"],
+        "rss_peak_increase": measured["rss_peak_increase"],
+        "components": {k: v for k, v in estimate.items() if isinstance(v, int)},
+        "error": estimate["total"] / measured["total"] - 1,
+    }
+    print(
+        f"LoRA step memory: estimate {out['estimate'] / 2**20:.0f} MiB, measured tensors "
+        f"{out['measured_tensors'] / 2**20:.0f} MiB ({100 * out['error']:+.1f} %)"
+    )
+    return out
 
 
 def smollm2_recipe():

@@ -373,11 +373,22 @@ def llm_pruning(r: dict) -> str:
     header += ["file", "smaller", "layer error (same inputs)", "decode tokens/s (× dense)", "prefill ms"]
     header += ["stage s"]
     not_run = "\n".join(f"- {what}: {why}" for what, why in r.get("not_run", {}).items())
+    memory = ""
+    if "lora_memory" in r:
+        m = r["lora_memory"]
+        step = m["setup"]
+        memory = (
+            f"LoRA healing step (rank {step['lora_rank']}, AdamW, batch {step['batch_size']} × "
+            f"{step['seq_len']} tokens): `pare estimate-memory` {mib(m['estimate'])} MiB, measured "
+            f"{mib(m['measured_tensors'])} MiB of tensors ({100 * m['error']:+.1f} %), peak RSS "
+            f"+{mib(m['rss_peak_increase'])} MiB.\n\n"
+        )
     return (
         md_table(header, rows)
         + "\n\n"
+        + memory
         + targets_table(r)
-        + ("\n\nNot run yet:\n\n" + not_run if not_run else "")
+        + ("\n\nNot run here:\n\n" + not_run if not_run else "")
     )
 
 
