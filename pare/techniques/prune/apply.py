@@ -171,7 +171,11 @@ def _unit_step(model, config, ctx, fraction, originals, selected) -> dict[str, d
     if config.criterion in criteria.NEEDS_GRADIENTS:
         modules = {m for u in layers for m, _, _ in u.slices(model, 0)}
         grads = criteria.gradients(model, list(modules), _score_batches(ctx, config), ctx.split.kind)
-    scores = {u.name: transformer.unit_scores(model, u, config.criterion, grads) for u in layers}
+    norms = None
+    if config.criterion == "wanda":
+        outputs = [model.get_submodule(u.output) for u in layers]
+        norms = criteria.input_norms(model, outputs, calibration_batches(ctx, config))
+    scores = {u.name: transformer.unit_scores(model, u, config.criterion, grads, norms) for u in layers}
     for u in layers:
         originals.setdefault(("units", u.name), u.count(model))
     keep: dict[str, list[int]] = {}

@@ -14,6 +14,7 @@ class PruneConfig(Config):
 
     method: Literal["structured", "unstructured", "n_m", "blocks", "heads", "ffn"] = "structured"
     # wanda, sparsegpt: one-shot from calibration inputs, Linear layers, unstructured or N:M;
+    # wanda also scores heads and ffn neurons (|w| x ||x|| over their output projection's columns);
     # cosine: blocks by how little they turn the hidden state on calibration inputs (else: by the
     # validation score without each)
     criterion: Literal[
@@ -46,7 +47,7 @@ class PruneConfig(Config):
     @property
     def one_shot(self) -> bool:
         """Pruned once from calibration inputs, layer by layer (Wanda, SparseGPT)."""
-        return self.criterion in ("wanda", "sparsegpt")
+        return self.criterion in ("wanda", "sparsegpt") and self.method in ("unstructured", "n_m")
 
     @property
     def reshapes(self) -> bool:
@@ -64,7 +65,7 @@ class PruneConfig(Config):
             )
         if self.method in ("heads", "ffn") and self.criterion in ("bn_scale", "entropy"):
             problems.append(
-                f"criterion: {self.criterion!r} does not score {self.method}; use l1, l2, taylor or random"
+                f"criterion: {self.criterion!r} does not score {self.method}; use l1, l2, taylor, wanda or random"
             )
         if self.method == "blocks" and self.steps > 1:
             problems.append("steps: method 'blocks' drops blocks in one step; use steps: 1")
@@ -78,9 +79,12 @@ class PruneConfig(Config):
                 f"target: {self.target!r} needs method: structured (zeros inside dense layers save no "
                 f"MACs); use target: sparsity"
             )
-        if self.one_shot and self.method not in ("unstructured", "n_m"):
+        if self.criterion == "sparsegpt" and self.method not in ("unstructured", "n_m"):
+            problems.append("criterion: 'sparsegpt' removes single weights; use method: unstructured or n_m")
+        if self.criterion == "wanda" and self.method not in ("unstructured", "n_m", "heads", "ffn"):
             problems.append(
-                f"criterion: {self.criterion!r} removes single weights; use method: unstructured or n_m"
+                "criterion: 'wanda' removes single weights (method: unstructured, n_m) or scores attention "
+                f"heads and feed-forward neurons (method: heads, ffn); not method {self.method!r}"
             )
         if self.one_shot and self.scope != "layer":
             problems.append(

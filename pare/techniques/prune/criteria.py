@@ -78,3 +78,26 @@ def gradients(model: nn.Module, modules: list[nn.Module], batches, task: str = "
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return grads
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, modules: list[nn.Module], batches) -> dict[nn.Module, torch.Tensor]:
+    """The L2 norm of each input feature of each module over calibration batches (every token of
+    a sequence): the activation half of Wanda's |w| x ||x||, one pass for all modules."""
+    sums = {m: torch.zeros(m.in_features, dtype=torch.float64) for m in modules}
+
+    def record(m, args, _out):
+        x = args[0].detach()
+        sums[m] += x.reshape(-1, x.shape[-1]).double().pow(2).sum(0)
+
+    hooks = [m.register_forward_hook(record) for m in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {m: s.sqrt().float() for m, s in sums.items()}

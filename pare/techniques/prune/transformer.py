@@ -123,14 +123,21 @@ def ffn_neurons(model: nn.Module) -> list[Units]:
     return found
 
 
-def unit_scores(model: nn.Module, layer: Units, criterion: str, grads: dict | None = None) -> torch.Tensor:
-    """One score per unit: the size of its weights (l1, l2), or |sum w dL/dw| (taylor)."""
+def unit_scores(
+    model: nn.Module, layer: Units, criterion: str, grads: dict | None = None, norms: dict | None = None
+) -> torch.Tensor:
+    """One score per unit: the size of its weights (l1, l2), |sum w dL/dw| (taylor), or what its
+    output does on calibration data (wanda, structured as in Wanda-sp: sum of |w| x ||x_j|| over
+    the output projection's columns j of the unit, ``norms`` holding ||x_j||)."""
     scores = []
     for u in range(layer.count(model)):
         parts = []
         for m, dim, idx in layer.slices(model, u):
             w = m.weight.detach().narrow(dim, idx.start, idx.stop - idx.start)
-            if criterion == "l1":
+            if criterion == "wanda":
+                if dim == 1:  # the output projection: the unit's columns, weighted by their inputs
+                    parts.append((w.abs() * norms[m][idx]).sum())
+            elif criterion == "l1":
                 parts.append(w.abs().sum())
             elif criterion == "l2":
                 parts.append(w.pow(2).sum())
@@ -141,7 +148,7 @@ def unit_scores(model: nn.Module, layer: Units, criterion: str, grads: dict | No
                 parts.append(torch.rand(()))
             else:
                 raise ValueError(
-                    f"criterion {criterion!r} does not score heads or neurons; use l1, l2, taylor or random"
+                    f"criterion {criterion!r} does not score heads or neurons; use l1, l2, taylor, wanda or random"
                 )
         total = torch.stack(parts).sum()
         scores.append(total.sqrt() if criterion == "l2" else total.abs())

@@ -131,8 +131,10 @@ def test_a_prune_stage_prunes_a_causal_lm_layer_by_layer(tmp_path, tiny_llama, c
 
 
 def test_one_shot_criteria_are_refused_where_they_cannot_run(tmp_path, tiny_llama):
-    with pytest.raises(ConfigError, match="criterion: 'wanda' removes single weights; use method"):
+    with pytest.raises(ConfigError, match="criterion: 'wanda' removes single weights .* not method 'structured'"):
         from_dict(PruneConfig, {"method": "structured", "criterion": "wanda"})
+    with pytest.raises(ConfigError, match="criterion: 'sparsegpt' removes single weights; use method"):
+        from_dict(PruneConfig, {"method": "ffn", "criterion": "sparsegpt"})
     with pytest.raises(ConfigError, match="steps: criterion 'sparsegpt' prunes in one shot"):
         from_dict(PruneConfig, {"method": "unstructured", "criterion": "sparsegpt", "steps": 3})
     with pytest.raises(ConfigError, match="scope: criterion 'wanda' compares the weights of one output row"):

@@ -122,3 +122,35 @@ def test_widths_a_config_cannot_describe_are_refused(tmp_path):
     recipe["stages"] = [{"technique": "prune", "name": "g", "method": "ffn", "scope": "global"}]
     with pytest.raises(ConfigError, match="scope: 'global' leaves the layers of a Hugging Face model"):
         pare.run(recipe, tmp_path / "run")
+
+
+def test_wanda_scores_a_unit_by_its_output_columns_times_their_input_norms(tmp_path):
+    from pare.techniques.prune.criteria import input_norms
+    from pare.techniques.prune.transformer import unit_scores
+
+    lm = _lm(tiny_causal_lm(tmp_path / "llama", "llama", initializer_range=0.25))
+    for find, proj, width in ((ffn_neurons, "mlp.down_proj", 1), (attention_heads, "self_attn.o_proj", 16)):
+        unit = find(lm)[1]
+        out = lm.get_submodule(f"model.layers.1.{proj}")
+        seen = []
+        hook = out.register_forward_hook(lambda m, a, o, seen=seen: seen.append(a[0].detach()))
+        norms = input_norms(lm, [out], [IDS[:1], IDS[1:]])  # two batches, summed
+        hook.remove()
+        x = torch.cat([s.reshape(-1, s.shape[-1]) for s in seen])
+        assert torch.allclose(norms[out], x.norm(dim=0), rtol=1e-5)
+        by_hand = (out.weight.abs() * x.norm(dim=0)).sum(0).reshape(-1, width).sum(1)
+        assert torch.allclose(unit_scores(lm, unit, "wanda", norms=norms), by_hand, rtol=1e-4)
+
+
+def test_wanda_width_pruning_keeps_what_the_data_uses(tmp_path):
+    prune = {"technique": "prune", "from": "baseline", "method": "ffn", "amount": 0.5}
+    # weights drawn wide (std 0.25): a random decoder whose MLPs matter
+    lm = tiny_causal_lm(tmp_path / "llama", "llama", num_hidden_layers=4, initializer_range=0.25)
+    recipe = lm_recipe({"hf": str(lm)})
+    recipe["stages"] = [
+        {**prune, "name": "l2", "criterion": "l2"},
+        {**prune, "name": "wanda", "criterion": "wanda", "calibration_samples": 16},
+    ]
+    _, l2, wanda = pare.run(recipe, tmp_path / "run")["stages"]
+    assert wanda["info"]["config_changes"] == {"intermediate_size": [64, 32]}
+    assert wanda["comparison"]["kl_divergence"] < 0.8 * l2["comparison"]["kl_divergence"]
