@@ -20,8 +20,9 @@ compression it picks itself).
 
 Structured rows make the model smaller for real: depth pruning drops 20 % of the decoder blocks
 (the 6 of 30 that turn the hidden state least on 64 calibration windows, ShortGPT's block
-influence), width pruning removes 25 % of every block's MLP neurons (gate/up/down rows by
-their L2 norm), and "half depth" drops 15 blocks. Each is measured as pruned and after healing
+influence), width pruning removes 25 % of every block's MLP neurons (gate/up/down slices) by
+their weights' L2 norm or by Wanda's |w| x ||x|| over their down_proj columns on the calibration
+windows, and "half depth" drops 15 blocks. Each is measured as pruned and after healing
 on HEAL_WINDOWS training windows for one epoch: token-level KD from the dense model (top-64
 cache, temperature 1, all weights trained) or LoRA (rank 16 on every projection, merged), and
 for depth also QLoRA: the same adapters over a 4-bit base (symmetric groups of 64), rounded to
@@ -80,7 +81,8 @@ CRITERIA = {"magnitude": "l1", "Wanda": "wanda", "SparseGPT": "sparsegpt"}
 HEAL_WINDOWS = 128  # training windows of 256 tokens each healing sees (32k tokens, one epoch)
 STRUCTURED = {  # name -> prune stage
     "depth 20 %": {"method": "blocks", "criterion": "cosine", "amount": 0.2},
-    "width 75 % MLP": {"method": "ffn", "criterion": "l2", "amount": 0.25},
+    "width 75 % MLP by L2": {"method": "ffn", "criterion": "l2", "amount": 0.25},
+    "width 75 % MLP by Wanda": {"method": "ffn", "criterion": "wanda", "amount": 0.25},
     "half depth": {"method": "blocks", "criterion": "cosine", "amount": 0.5},
 }
 HEALING = {  # name -> (technique, config, lr)
@@ -96,7 +98,8 @@ HEALING = {  # name -> (technique, config, lr)
 }
 HEALED = {
     "depth 20 %": ("KD", "LoRA", "QLoRA", "QLoRA (GPTQ base)"),
-    "width 75 % MLP": ("KD", "LoRA"),
+    "width 75 % MLP by L2": ("KD",),
+    "width 75 % MLP by Wanda": ("KD", "LoRA"),
     "half depth": ("KD",),
 }
 PEERS = {"Wanda": "wanda", "SparseGPT": "sparsegpt"}  # llm-compressor's modifiers, by pare's label
