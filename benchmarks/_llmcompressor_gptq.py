@@ -6,7 +6,8 @@ pare's), writing the compressed-tensors folder it ships.
 
 BATCHES: a safetensors file whose ``ids`` tensor holds the calibration windows (N, T), the
 same token windows pare's GPTQ calibrates on. SCHEME_JSON: bits, group_size and the layers to
-ignore. Prints one JSON line (seconds, versions). Used by ``benchmarks/llm.py``.
+ignore. Prints one JSON line (seconds, versions). Used by ``benchmarks/llm.py``; its
+``one_shot`` also by ``_llmcompressor_prune.py``.
 """
 
 from __future__ import annotations
@@ -22,20 +23,35 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
-def main() -> None:
-    folder, batches, scheme_json, out = sys.argv[1:]
+def one_shot(folder: str, batches: str, modifier):
+    """The float model of ``folder`` after llm-compressor's ``oneshot`` with ``modifier`` on the
+    windows of ``batches`` (each window whole): the model and the seconds ``oneshot`` took."""
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.quantization import GPTQModifier
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    scheme = json.loads(scheme_json)
     ids = load_file(batches)["ids"]
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    t0 = time.perf_counter()
+    oneshot(
+        model=model,
+        dataset=data,
+        recipe=modifier,
+        max_seq_length=int(ids.shape[1]),
+        num_calibration_samples=int(ids.shape[0]),
+    )
+    return model, time.perf_counter() - t0
+
+
+def main() -> None:
+    folder, batches, scheme_json, out = sys.argv[1:]
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from transformers import AutoTokenizer
+
+    scheme = json.loads(scheme_json)
     weights = {
         "num_bits": scheme["bits"],
         "type": "int",
@@ -47,15 +63,8 @@ def main() -> None:
         config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
         ignore=scheme["ignore"],
     )
-    t0 = time.perf_counter()
-    oneshot(
-        model=model,
-        dataset=data,
-        recipe=modifier,
-        max_seq_length=int(ids.shape[1]),
-        num_calibration_samples=int(ids.shape[0]),
-    )
-    seconds = time.perf_counter() - t0
+    model, seconds = one_shot(folder, batches, modifier)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
     print(

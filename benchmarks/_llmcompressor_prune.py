@@ -16,43 +16,29 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
-# this folder holds transformers.py, which must not shadow the library
+# this folder holds transformers.py, which must not shadow the library: put it last on the path
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
 
 def main() -> None:
     folder, batches, spec_json, out = sys.argv[1:]
     import torch
-    from datasets import Dataset
-    from llmcompressor import oneshot
+    from _llmcompressor_gptq import one_shot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import save_file
 
     spec = json.loads(spec_json)
-    ids = load_file(batches)["ids"]
-    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     modifier = {"sparsegpt": SparseGPTModifier, "wanda": WandaPruningModifier}[spec["method"]](
         sparsity=spec["sparsity"],
         mask_structure=spec["mask_structure"],
         targets=["Linear"],
         ignore=spec["ignore"],
     )
-    t0 = time.perf_counter()
-    oneshot(
-        model=model,
-        dataset=data,
-        recipe=modifier,
-        max_seq_length=int(ids.shape[1]),
-        num_calibration_samples=int(ids.shape[0]),
-    )
-    seconds = time.perf_counter() - t0
+    model, seconds = one_shot(folder, batches, modifier)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {

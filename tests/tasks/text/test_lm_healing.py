@@ -54,25 +54,23 @@ def small_corpus(folder, topics: int = 20):
     return folder
 
 
-def test_kd_heals_a_depth_pruned_decoder_towards_the_unpruned_one(tmp_path):
+def heal_depth_pruned(tmp_path, **distill) -> dict:
+    """A 4-block tiny Llama, half its blocks dropped, then healed by ``distill`` from the
+    unpruned model (3 epochs on pydoc topics): the run's results."""
     # weights drawn wide (std 0.25): a random decoder whose blocks matter, so dropping two shows
     lm = tiny_causal_lm(tmp_path / "llama", "llama", num_hidden_layers=4, initializer_range=0.25)
     recipe = lm_recipe({"hf": str(lm)}, source="text", path=str(small_corpus(tmp_path / "text")))
     recipe["train"] = {"batch_size": 8, "patience": None}
     recipe["stages"] = [
         {"technique": "prune", "name": "depth", "method": "blocks", "criterion": "cosine", "amount": 0.5},
-        {
-            "technique": "distill",
-            "name": "healed",
-            "teachers": [{"stage": "baseline"}],
-            "top_k": 16,
-            "temperature": 1.0,
-            "alpha": 1.0,
-            "epochs": 3,
-            "lr": 3e-3,
-        },
+        {"technique": "distill", "name": "healed", "teachers": [{"stage": "baseline"}], "top_k": 16}
+        | {"epochs": 3, "lr": 3e-3, **distill},
     ]
-    results = pare.run(recipe, tmp_path / "run")
+    return pare.run(recipe, tmp_path / "run")
+
+
+def test_kd_heals_a_depth_pruned_decoder_towards_the_unpruned_one(tmp_path):
+    results = heal_depth_pruned(tmp_path, temperature=1.0, alpha=1.0)
     base, depth, healed = results["stages"]
     assert healed["cost"]["params"] == depth["cost"]["params"] < base["cost"]["params"]
     assert healed["comparison"]["kl_divergence"] < 0.8 * depth["comparison"]["kl_divergence"]
@@ -97,24 +95,9 @@ def test_hidden_state_matching_leaves_padding_out():
 
 
 def test_hidden_states_of_a_depth_pruned_decoder_are_pulled_to_the_unpruned_one_s(tmp_path):
-    lm = tiny_causal_lm(tmp_path / "llama", "llama", num_hidden_layers=4, initializer_range=0.25)
-    recipe = lm_recipe({"hf": str(lm)}, source="text", path=str(small_corpus(tmp_path / "text")))
-    recipe["train"] = {"batch_size": 8, "patience": None}
-    recipe["stages"] = [
-        {"technique": "prune", "name": "depth", "method": "blocks", "criterion": "cosine", "amount": 0.5},
-        {
-            "technique": "distill",
-            "name": "healed",
-            "teachers": [{"stage": "baseline"}],
-            "top_k": 16,
-            "alpha": 0.5,
-            # the last block's output on both sides: 4 blocks in the teacher, 2 in the student
-            "features": [{"teacher": "model.model.layers.3", "student": "model.model.layers.1"}],
-            "epochs": 3,
-            "lr": 3e-3,
-        },
-    ]
-    results = pare.run(recipe, tmp_path / "run")
+    # the last block's output on both sides: 4 blocks in the teacher, 2 in the student
+    features = [{"teacher": "model.model.layers.3", "student": "model.model.layers.1"}]
+    results = heal_depth_pruned(tmp_path, alpha=0.5, features=features)
     healed = results["stages"][2]
     assert healed["info"]["adapter_params"] == 0  # same width: matched directly, no projection
     epochs = healed["history"]["epochs"]

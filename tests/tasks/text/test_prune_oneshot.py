@@ -131,7 +131,9 @@ def test_a_prune_stage_prunes_a_causal_lm_layer_by_layer(tmp_path, tiny_llama, c
 
 
 def test_one_shot_criteria_are_refused_where_they_cannot_run(tmp_path, tiny_llama):
-    with pytest.raises(ConfigError, match="criterion: 'wanda' removes single weights .* not method 'structured'"):
+    with pytest.raises(
+        ConfigError, match="criterion: 'wanda' removes single weights .* not method 'structured'"
+    ):
         from_dict(PruneConfig, {"method": "structured", "criterion": "wanda"})
     with pytest.raises(ConfigError, match="criterion: 'sparsegpt' removes single weights; use method"):
         from_dict(PruneConfig, {"method": "ffn", "criterion": "sparsegpt"})
