@@ -52,7 +52,8 @@ def _cmd_validate(args) -> None:
     ]
     if problems:
         raise ConfigError(problems, args.recipe)
-    params = sum(p.numel() for p in recipe_model(recipe, split).parameters())
+    built = recipe_model(recipe, split)
+    params = sum(p.numel() for p in built.parameters())
     model = recipe.model.name or recipe.model.factory or recipe.model.hf or recipe.model.gguf
     stages = ", ".join(f"{s.name} ({s.technique})" for s in recipe.stages) or "none"
     print(
@@ -68,6 +69,19 @@ def _cmd_validate(args) -> None:
             f"task: {split.kind}; tokenizer: the model's own ({type(tokenizer).__name__}, "
             f"{len(tokenizer):,} tokens); baseline: {trained}"
         )
+    _warn_unsafe_channels(recipe, built, split)
+
+
+def _warn_unsafe_channels(recipe, model, split) -> None:
+    """Channel groups a structured prune stage will leave alone, named before anything trains."""
+    from pare.techniques.prune.apply import unsafe_channels
+
+    for i, s in enumerate(recipe.stages):
+        if s.technique != "prune" or s.config.method != "structured":
+            continue
+        for reason, channels in unsafe_channels(model, s.config, split).items():
+            if reason != "reaches the model output":  # the outputs (classes) are never pruned
+                print(f"warning: stages[{i}] ({s.name}): {channels} channels will be left alone: {reason}")
 
 
 def _cmd_generate(args) -> None:

@@ -9,7 +9,9 @@ and rebuild the new shapes so a pruned model can be reloaded (``--resume``, ``lo
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +72,55 @@ def shrink(model: nn.Module, remove: list[ChannelGroup]) -> dict[str, dict]:
         replace_module(model, name, sliced(m, out_keep, in_keep))
         kept[name] = {"out": out_keep, "in": in_keep}
     return kept
+
+
+@torch.no_grad()
+def verify(model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor) -> dict[tuple, str]:
+    """Check the tracer's reading of the graph where it matters: for each pool of channels (the
+    layers a group comes from) remove one group from a copy, and compare with the model run with
+    that group's channels zeroed. Removal must compute exactly that; a pool where it does not (an
+    op whose channel semantics the tracer misread) is returned with why, and left alone."""
+    was_training = model.training
+    model.eval()
+    failed = {}
+    try:
+        for g in {g.layer: g for g in reversed(groups)}.values():  # the first group of each pool
+            shrunk = copy.deepcopy(model)
+            try:
+                shrink(shrunk, [g])
+                got = shrunk(example)
+            except Exception as e:  # a shape the tracer did not foresee: the pool is not safe
+                failed[g.layer] = f"{', '.join(g.layer)}: removing a channel breaks the forward pass ({e})"[
+                    :300
+                ]
+                continue
+            with _zeroed(model, g):
+                want = model(example)
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+                failed[g.layer] = (
+                    f"{', '.join(g.layer)}: removing a channel is not the same as zeroing it (an op "
+                    f"mixes channels: e.g. a LayerNorm over them)"
+                )
+    finally:
+        model.train(was_training)
+    return failed
+
+
+@contextmanager
+def _zeroed(model: nn.Module, g: ChannelGroup):
+    """``g``'s channels zeroed at their producers and norms for the duration, then restored."""
+    saved = []
+    for name, k in g.producers + g.followers:
+        m = model.get_submodule(name)
+        for p in (m.weight, getattr(m, "bias", None)):
+            if p is not None:
+                saved.append((p, k, p[k].clone()))
+                p[k] = 0
+    try:
+        yield
+    finally:
+        for p, k, value in saved:
+            p[k] = value
 
 
 def _keep(size: int, drop: set[int]) -> list[int]:

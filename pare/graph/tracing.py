@@ -5,14 +5,19 @@ tensors that carry them: unchanged through element-wise ops, normalisation and p
 concatenated by ``cat``; repeated H*W times by ``flatten``; merged (union-find) where ``add``
 or ``mul`` combine two tensors channel by channel (a residual connection ties its branches'
 channels together); passed through a depthwise convolution, which is then pruned along. A
-channel that reaches the model's output or an operation whose channel semantics are unknown is
-marked unsafe, and its whole group is left alone (and reported). Works on users' own models as
-long as torch.fx can trace them; nothing here is written per model.
+module with weights applied more than once has the same channels at every call, so its calls'
+inputs are merged too. A channel that reaches the model's output, a grouped convolution, a split
+by channel position (``chunk``/``split``), a module sharing a parameter with another, or an
+operation whose channel semantics are unknown is marked unsafe, and its whole group is left alone
+(and reported by op and module). ``surgery.verify`` then checks the reading on the model itself.
+Works on users' own models as long as torch.fx can trace them; nothing here is written per model.
 """
 
 from __future__ import annotations
 
 import operator
+import os
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -36,6 +41,10 @@ ACTIVATION_MODULES = (
     nn.Dropout,
     nn.Identity,
     nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.ELU,
+    nn.Mish,
 )
 ACTIVATION_FUNCTIONS = {
     F.relu,
@@ -47,15 +56,38 @@ ACTIVATION_FUNCTIONS = {
     F.dropout,
     F.leaky_relu,
     F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.relu6,
+    F.elu,
+    F.mish,
 }
 # channel-first (N, C, H, W) ops that keep the channel axis
-PASS_MODULES = ACTIVATION_MODULES + (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+PASS_MODULES = ACTIVATION_MODULES + (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Upsample,
+)
 NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 PASS_FUNCTIONS = ACTIVATION_FUNCTIONS | {
     F.max_pool2d,
     F.avg_pool2d,
     F.adaptive_avg_pool2d,
     F.adaptive_max_pool2d,
+    F.interpolate,
+}
+# split a tensor by channel position: removing a channel would move every later one across the cut
+SPLITTERS = {
+    torch.chunk,
+    torch.split,
+    torch.tensor_split,
+    torch.unbind,
+    "chunk",
+    "split",
+    "tensor_split",
+    "unbind",
 }
 PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone"}
 ELEMENTWISE = {operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub}
@@ -104,14 +136,39 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, Grap
         gm = fx.symbolic_trace(model)
     except Exception as e:
         raise UnsupportedModelError(
-            f"structured pruning needs a model torch.fx can trace ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); use unstructured pruning for this model"
+            f"structured pruning needs a model torch.fx can trace; tracing {type(model).__name__} broke "
+            f"{_breaking_call(e)} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); use unstructured "
+            f"pruning for this model, or move that code out of forward"
         ) from None
     ShapeProp(gm).propagate(example)
-    tracer = _Tracer(dict(gm.named_modules()))
+    tracer = _Tracer(dict(gm.named_modules()), _shared_parameters(model))
     for node in gm.graph.nodes:
         tracer.visit(node)
     return gm, tracer.graph
+
+
+def _breaking_call(e: Exception) -> str:
+    """The user's line that tracing failed on: the last frame outside torch (and pare)."""
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skip)]
+    if not frames:
+        return "inside torch"
+    f = frames[-1]
+    return f"at {f.filename}:{f.lineno} `{(f.line or '').strip()}`"
+
+
+def _shared_parameters(model: nn.Module) -> dict[str, str]:
+    """Module -> another module holding one of its parameters (weights tied on purpose): slicing
+    one would untie them, so their channels are left alone."""
+    holder: dict[int, str] = {}
+    out = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            other = holder.setdefault(id(p), name)
+            if other != name:
+                out[name] = other
+                out.setdefault(other, name)
+    return out
 
 
 def _name(node: fx.Node) -> str:
@@ -122,8 +179,10 @@ class _Tracer:
     """Walks the fx graph once, giving each node the channel ids its output carries (None: not
     tracked) and marking ids unsafe where an op's channel semantics are unknown."""
 
-    def __init__(self, modules: dict[str, nn.Module]):
+    def __init__(self, modules: dict[str, nn.Module], shared: dict[str, str]):
         self.modules = modules
+        self.shared = shared
+        self.calls: dict[str, tuple] = {}  # module with weights -> (input ids, output ids) of its first call
         self.graph = Graph()
         self.chans: dict[fx.Node, list[int] | None] = {}
         self.sequence: set[int] = set()  # token features: followed only through activations into a linear
@@ -165,6 +224,34 @@ class _Tracer:
         self.chans[node] = out
 
     def call_module(self, node: fx.Node, m: nn.Module, first) -> list[int] | None:
+        if node.target in self.calls:
+            return self.again(node, first)
+        out = self.first_call(node, m, first)
+        if node.target in self.shared:
+            why = f"{node.target}: shares a parameter with {self.shared[node.target]}"
+            self.mark_unsafe(first, why)
+            self.mark_unsafe(out, why)
+        if (
+            next(m.parameters(recurse=False), None) is not None
+            or next(m.buffers(recurse=False), None) is not None
+        ):
+            self.calls[node.target] = (first, out)
+        return out
+
+    def again(self, node: fx.Node, first) -> list[int] | None:
+        """A module with weights applied once more: its channels in (and out) are the same
+        channels at every call, so the inputs of all calls are tied position by position."""
+        was_in, was_out = self.calls[node.target]
+        if first is None or was_in is None or len(first) != len(was_in):
+            why = f"{node.target}: applied more than once, to channels that cannot be matched"
+            for ids in (first, was_in, was_out):
+                self.mark_unsafe(ids, why)
+            return None
+        for a, b in zip(first, was_in):
+            self.graph.uf.union(a, b)
+        return was_out
+
+    def first_call(self, node: fx.Node, m: nn.Module, first) -> list[int] | None:
         graph = self.graph
         if isinstance(m, nn.Conv2d) and m.groups == 1 or isinstance(m, nn.Linear):
             if first is not None:
@@ -181,6 +268,10 @@ class _Tracer:
             for k, i in enumerate(first):  # depthwise: channel k in, channel k out
                 graph.followers[i].append((node.target, k))
             return first
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            why = f"{node.target}: grouped convolution ({m.groups} groups) ties its channels in groups"
+            self.mark_unsafe(first, why)
+            return None
         if isinstance(m, NORM_MODULES) and first is not None:
             if isinstance(m, nn.GroupNorm):
                 self.mark_unsafe(first, f"{node.target}: GroupNorm ties channels in groups")
@@ -206,6 +297,9 @@ class _Tracer:
             return first
         if fn and node.target is torch.cat:
             return self.cat(node)
+        if (fn or method) and node.target in SPLITTERS:
+            self.unknown(node, f"{node.name}: {_name(node)} splits channels by position")
+            return None
         if fn and node.target is torch.flatten:
             return _flatten(first, node)
         if method and node.target in ("view", "reshape", "flatten") and _is_flat(node):

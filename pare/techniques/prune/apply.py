@@ -12,7 +12,7 @@ import torch.nn as nn
 from pare.cost import count_flops, count_params
 from pare.errors import ConfigError, UnsupportedModelError
 from pare.formats.sparse import save_sparse
-from pare.graph.surgery import channel_groups, reshape, shapes, shrink
+from pare.graph.surgery import channel_groups, reshape, shapes, shrink, verify
 from pare.graph.tracing import trace
 from pare.registry import register
 from pare.selection import select_layers
@@ -352,12 +352,26 @@ def _structured_step(model, config, ctx, fraction, originals, selected, example,
     return skipped
 
 
+def unsafe_channels(model: nn.Module, config: PruneConfig, split) -> Counter:
+    """What structured pruning would leave alone in ``model`` and why (``pare validate`` prints
+    it before any training): channels per reason; an untraceable model raises, naming the line."""
+    example = get_task(split.kind).inputs(split.train.X[:2])
+    selected = select_layers(
+        model, include=config.layers, exclude=config.exclude, types=SUPPORTED, key="layers"
+    )
+    return _safe_groups(model, set(selected), example)[1]
+
+
 def _safe_groups(model, selected, example):
     """Channel groups that may be removed, and how many channels were left alone and why."""
     _, graph = trace(model, example)
     groups = channel_groups(graph)
+    candidates = [g for g in groups if g.unsafe is None and set(g.layer) <= selected]
+    failed = verify(model, candidates, example[:2])
+    for g in groups:
+        g.unsafe = g.unsafe or failed.get(g.layer)
     skipped = Counter(g.unsafe for g in groups if g.unsafe)
-    return [g for g in groups if g.unsafe is None and set(g.layer) <= selected], skipped
+    return [g for g in candidates if g.unsafe is None], skipped
 
 
 def _remove_channels(model, config, fraction, originals, safe, scores) -> None:
