@@ -103,3 +103,13 @@ def test_bad_ranks_and_keys_are_named(cnn, digits_split):
         from_dict(LowRankConfig, {"energy": 1.5})
     with pytest.raises(ConfigError, match="layers: 'head.9' matches no layer"):
         pare.compress(cnn, LowRankConfig(layers=["head.9"]), digits_split)
+
+
+def test_defaults_fine_tune_and_a_costly_cut_is_warned_about(cnn, digits_split):
+    """Issue 21: the defaults fine-tune the factors; a stage that still loses more than warn_drop
+    validation points says so, with what to change."""
+    _, info = pare.compress(cnn, LowRankConfig(), digits_split)
+    assert len(info["history"].epochs) == 2 and "warning" not in info
+    assert info["val_drop"] <= 1.0
+    _, harsh = pare.compress(cnn, LowRankConfig(rank_by="rank", rank=1, finetune_epochs=0), digits_split)
+    assert harsh["val_drop"] > 5 and "lost" in harsh["warning"] and "finetune_epochs" in harsh["warning"]

@@ -42,7 +42,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, ctx):
     """Replace layers by products of thin layers (SVD, Tucker-2, spatial SVD)."""
     selected = select_layers(model, include=config.layers, exclude=config.exclude, key="layers")
     before = count_params(model)["params"]
-    base = ctx.metric(model) if config.rank_by == "sensitivity" else None
+    base = ctx.metric(model)
     rows, skipped = [], []
     for name, layer in selected.items():
         kind, reason = kind_of(layer, config)
@@ -90,6 +90,14 @@ def lowrank(model: nn.Module, config: LowRankConfig, ctx):
     if config.finetune_epochs:
         overrides = {"lr": config.finetune_lr} if config.finetune_lr else {}
         info["history"] = ctx.fit(model, epochs=config.finetune_epochs, **overrides)
+    info["val_drop"] = ctx.drop(base, ctx.metric(model))
+    if rows and info["val_drop"] > config.warn_drop:
+        info["warning"] = (
+            f"lost {info['val_drop']:.2f} validation points (warn_drop={config.warn_drop}) after "
+            f"{config.finetune_epochs} fine-tuning epochs; keep more of each layer (a higher energy, "
+            f"or rank_by: sensitivity with max_drop) or fine-tune longer (finetune_epochs)"
+        )
+        console.print(f"[yellow]  {ctx.name}: {info['warning']}[/]")
     if config.merge:
         merge_modules(model, Factorized)
         info["params_after"] = count_params(model)["params"]

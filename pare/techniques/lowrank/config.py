@@ -22,8 +22,11 @@ class LowRankConfig(Config):
     )  # sensitivity: validation points (perplexity: percent) one layer may cost
     layers: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
-    finetune_epochs: int = param(0, ge=0)
+    # factorizing at 90 % energy costs accuracy that a short fine-tune wins back: on by default
+    finetune_epochs: int = param(2, ge=0)
     finetune_lr: float | None = param(None, gt=0)
+    # validation points (perplexity: percent) the stage may lose, fine-tuned, before pare warns
+    warn_drop: float = param(1.0, ge=0)
     merge: bool = False  # multiply the factors back into single layers at the end (same function, no saving)
 
     def check(self) -> list[str]:
