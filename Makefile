@@ -31,6 +31,11 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(LLMC)
 	$(LLMC)/bin/python -m pip install -q torch==2.13.0
 	$(LLMC)/bin/python -m pip install -q -c constraints.txt llmcompressor
+	# real labelled images (Fashion-MNIST, 70,000 IDX images) from Debian, where apt may install
+	# (root, or sudo without a password); without it the tests that read it skip and say why
+	-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
+		$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ) apt-get install -y -q dataset-fashion-mnist >/dev/null \
+		|| echo "dataset-fashion-mnist not installed: its tests will skip"; fi
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,7 +1,9 @@
-"""Datasets: built-in (scikit-learn, offline) and user files (CSV, NPZ, image folders)."""
+"""Datasets: built-in (scikit-learn, offline; Fashion-MNIST where Debian installed it) and user
+files (CSV, NPZ, image folders, IDX)."""
 
 from pare.data.dataset import Dataset, Part, Split, kfold_splits, split_dataset
 from pare.data.loaders import BUILTIN, load_builtin, load_csv, load_image_folder, load_npz, resize_images
+from pare.errors import DataError
 
 
 def load_dataset(cfg, seed: int = 0, tokenizer=None) -> Dataset:
@@ -31,6 +33,25 @@ def load_dataset(cfg, seed: int = 0, tokenizer=None) -> Dataset:
             seed=seed,
             val=cfg.val_fraction,
             test=cfg.test_fraction,
+        )
+    if cfg.source in ("idx", "fashion_mnist"):
+        from pare.data.idx import FASHION_CLASSES, FASHION_MNIST, load_idx
+
+        fashion = cfg.source == "fashion_mnist"
+        if fashion and not FASHION_MNIST.is_dir():
+            raise DataError(
+                f"data.source: fashion_mnist reads {FASHION_MNIST}, which is absent; install it with "
+                f"`apt-get install dataset-fashion-mnist`, or put the four IDX files in a folder and use "
+                f"source: idx with that path"
+            )
+        return load_idx(
+            FASHION_MNIST if fashion else cfg.path,
+            max_samples=cfg.max_samples,
+            val=cfg.val_fraction,
+            seed=seed,
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            classes=FASHION_CLASSES if fashion else None,
         )
     if cfg.source in BUILTIN:
         ds = load_builtin(cfg.source)

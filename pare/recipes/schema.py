@@ -30,6 +30,8 @@ DataSource = Literal[
     "csv",
     "npz",
     "image_folder",
+    "fashion_mnist",
+    "idx",
     "pydoc_retrieval",
     "pydoc_lm",
     "pydoc_topics",
@@ -40,7 +42,8 @@ TEXT_SOURCES = ("pydoc_retrieval", "pydoc_lm", "pydoc_topics", "pydoc_text", "te
 # tokenized by the pretrained model's own tokenizer
 TOKENIZED = ("pydoc_retrieval", "pydoc_topics", "pydoc_text", "text")
 NEXT_TOKEN = ("pydoc_text", "text")  # next-token windows for a pretrained causal LM
-FILE_SOURCES = ("csv", "npz", "image_folder", "text")
+FILE_SOURCES = ("csv", "npz", "image_folder", "idx", "text")
+IDX_SOURCES = ("fashion_mnist", "idx")  # with the official test set, subsampled by max_samples
 
 
 @dataclass
@@ -48,8 +51,9 @@ class DataConfig:
     source: DataSource = "digits"
     path: str | None = None
     label_column: str | None = None
-    image_size: tuple[int, int] | None = None  # image_folder, or a built-in image set (digits): resize
-    channels: Literal[1, 3] = 1
+    image_size: tuple[int, int] | None = None  # image_folder, idx, or a built-in image set (digits): resize
+    channels: Literal[1, 3] = 1  # image_folder, idx: 3 repeats grey images for colour networks
+    max_samples: int | None = param(None, ge=100)  # idx sources: a seeded, stratified subset in all
     standardize: bool = True
     val_fraction: float = param(0.15, gt=0, lt=0.5)
     test_fraction: float = param(0.2, gt=0, lt=0.5)
@@ -78,6 +82,10 @@ class DataConfig:
         if self.source not in files and self.path:
             problems.append(
                 f"data.path: source {self.source!r} is built in and takes no path; set source: csv/npz/image_folder/text"
+            )
+        if self.max_samples is not None and self.source not in IDX_SOURCES:
+            problems.append(
+                f"data.max_samples: only the IDX sources ({', '.join(IDX_SOURCES)}) are subsampled; remove it"
             )
         if self.source == "csv" and not self.label_column:
             problems.append("data.label_column: a CSV source needs the name of its label column")

@@ -155,3 +155,76 @@ def test_unreadable_image_named(tmp_path):
     (root / "circle" / "broken.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError, match=r"broken.png: cannot read this image .*remove or replace the file"):
         load_image_folder(root, None, 1)
+
+
+def _write_idx(path, values: np.ndarray, gz: bool):
+    import gzip
+
+    header = (0x800 + values.ndim).to_bytes(4, "big") + b"".join(
+        int(s).to_bytes(4, "big") for s in values.shape
+    )
+    raw = header + values.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def _idx_folder(tmp_path, n_train=60, n_test=20):
+    rng = np.random.RandomState(0)
+    for prefix, n, gz in (("train", n_train, True), ("t10k", n_test, False)):
+        labels = np.arange(n) % 3
+        images = (labels[:, None, None] * 80 + rng.randint(0, 40, (n, 4, 4))).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{suffix}", images, gz)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz)
+    return tmp_path
+
+
+def test_idx_folder_keeps_the_official_test_set_and_converts(tmp_path):
+    from pare.data.idx import load_idx, read_idx
+
+    folder = _idx_folder(tmp_path)
+    ds = load_idx(folder, max_samples=None, val=0.25, seed=0, image_size=(8, 8), channels=3)
+    assert ds.X.shape == (80, 3, 8, 8) and ds.part_sizes == (20, 15)
+    test_images = read_idx(folder / "t10k-images-idx3-ubyte", 3)
+    assert np.allclose(ds.X[:20, 0, ::2, ::2].mean(), test_images.mean() / 255, atol=0.05)  # t10k first
+    assert np.array_equal(ds.X[:, 0], ds.X[:, 2])  # grey repeated into three channels
+    split = split_dataset(ds, val=0.25, test=0.2, seed=0, standardize=False)
+    assert split.sizes() == {"n_train": 45, "n_val": 15, "n_test": 20}
+    small = load_idx(folder, max_samples=40, val=0.25, seed=0)
+    assert len(small.y) == 40 and small.part_sizes[0] == 10 and set(np.bincount(small.y)) <= {13, 14}
+
+
+def test_idx_damage_is_named(tmp_path):
+    from pare.data.idx import load_idx
+
+    folder = _idx_folder(tmp_path)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 8)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: not an IDX file of 1-dimensional"):
+        load_idx(folder, max_samples=None, val=0.25, seed=0)
+    (folder / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match=r"no t10k-labels-idx1-ubyte\[.gz\]"):
+        load_idx(folder, max_samples=None, val=0.25, seed=0)
+
+
+@pytest.mark.skipif(
+    not __import__("pare.data.idx", fromlist=["FASHION_MNIST"]).FASHION_MNIST.is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_from_the_debian_package():
+    from pare.data import load_dataset
+    from pare.recipes.schema import DataConfig
+
+    ds = load_dataset(DataConfig(source="fashion_mnist", max_samples=1400), seed=0)
+    n_test, n_val = ds.part_sizes
+    assert ds.X.shape == (1400, 1, 28, 28) and n_test == 200  # 10,000 of 70,000 are the test set
+    assert list(np.bincount(ds.y[:n_test])) == [20] * 10  # stratified
+    assert ds.classes[0] == "T-shirt/top" and 0.2 < ds.X.mean() < 0.4
+
+
+def test_max_samples_is_only_for_idx_sources():
+    from pare.errors import ConfigError
+    from pare.recipes import recipe_from_dict
+
+    with pytest.raises(ConfigError, match="data.max_samples: only the IDX sources"):
+        recipe_from_dict({"data": {"source": "digits", "max_samples": 500}})
+    with pytest.raises(ConfigError, match="data.path: source 'idx' needs a path"):
+        recipe_from_dict({"data": {"source": "idx"}})
