@@ -65,11 +65,11 @@ def minilm(quick: bool, rows: list, targets: list) -> None:
     recipe = load_recipe("minilm_retrieval")
     split = recipe_splits(recipe)[0]
     if quick:  # the smoke run: every row on a sample of each part
-        split = smaller(split, train=160, val=64, test=120)
+        split = smaller(split, train=64, val=32, test=60)
     task = get_task("retrieval")
     test = split.test
     model = recipe_model(recipe, split).eval()
-    batch = task.inputs(test.X[:16])  # 32 texts of 128 tokens
+    batch = task.inputs(test.X[: 4 if quick else 16])  # 8 (32) texts of 128 tokens
     fp32_path = WORK / "minilm-fp32.onnx"
     export_onnx(model, batch[:1], fp32_path)
     fp32 = ort_session(fp32_path, spinning=False)
@@ -79,7 +79,7 @@ def minilm(quick: bool, rows: list, targets: list) -> None:
         f"MiniLM fp32 (ONNX Runtime): Recall@1 {base.metrics['recall_at_1']:.4f} on {len(test)} queries",
         flush=True,
     )
-    repeats = 4 if quick else 12
+    repeats = 2 if quick else 12
 
     def timed(run) -> float:  # fp32 time / this time, alternating in one loop
         return bench.paired_ratio(lambda: onnx_runner(fp32)(batch), lambda: run(batch), repeats, warmup=2)
@@ -254,7 +254,7 @@ def gpt(quick: bool, rows: list, targets: list) -> None:
     seed_everything(recipe.seed)  # the initialisation `pare run gpt_pydoc` trains
     model = recipe_model(recipe, split)
     t0 = time.perf_counter()
-    train = dataclasses.replace(recipe.train, epochs=3 if quick else recipe.train.epochs)
+    train = dataclasses.replace(recipe.train, epochs=1 if quick else recipe.train.epochs)
     pare.fit(
         model, split.train, split.val, train, seed=recipe.seed, description="train gpt", task="language_model"
     )
@@ -341,7 +341,7 @@ def lora(quick: bool, rows: list, targets: list) -> None:
     recipe = load_recipe("minilm_topics")
     split = recipe_splits(recipe)[0]
     if quick:
-        split = smaller(split, train=256, val=64, test=len(split.test))
+        split = smaller(split, train=96, val=32, test=len(split.test))
     epochs = 1 if quick else recipe.train.epochs
     full_train = dataclasses.replace(recipe.train, epochs=epochs)
     adapter_train = dataclasses.replace(recipe.train, epochs=epochs, lr=1e-3)
