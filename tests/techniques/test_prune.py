@@ -264,23 +264,6 @@ def test_input_model_untouched(digits_split, resnet):
     assert all(torch.equal(before[k], v) for k, v in resnet.state_dict().items())
 
 
-def test_untraceable_model_is_explained(digits_split):
-    class Branchy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(64, 16)
-            self.head = nn.Linear(16, 10)
-
-        def forward(self, x):
-            h = self.a(x.flatten(1))
-            if h.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
-                h = h * 2
-            return self.head(h)
-
-    with pytest.raises(UnsupportedModelError, match="structured pruning needs a model torch.fx can trace"):
-        pare.compress(Branchy(), PruneConfig(), digits_split)
-
-
 @pytest.mark.parametrize(
     "stage,message",
     [
