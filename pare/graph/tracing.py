@@ -69,6 +69,7 @@ PASS_MODULES = ACTIVATION_MODULES + (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
     nn.Upsample,
+    nn.ZeroPad2d,  # spatial: a zeroed channel stays zero (a constant pad would not)
 )
 NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 PASS_FUNCTIONS = ACTIVATION_FUNCTIONS | {

@@ -69,3 +69,19 @@ def majority_accuracy(y_train: np.ndarray, y_test: np.ndarray) -> float:
     """Accuracy of always predicting the training set's most common class: the trivial baseline."""
     majority = np.bincount(y_train).argmax()
     return float((np.asarray(y_test) == majority).mean())
+
+
+def fidelity(probs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """How closely class probabilities ``probs`` follow ``reference`` (the fp32 model's) on the
+    same inputs, labels or not: top-1 agreement (same arg-max), top-5 agreement (the
+    reference's top class among the five most likely) and the mean KL(reference ‖ probs) in nats."""
+    top1 = probs.argmax(1) == reference.argmax(1)
+    k = min(5, probs.shape[1])
+    top5 = (np.argsort(-probs, axis=1)[:, :k] == reference.argmax(1)[:, None]).any(1)
+    eps = 1e-12  # a probability that underflowed to 0 would make the divergence infinite
+    kl = (reference * (np.log(reference + eps) - np.log(probs + eps))).sum(1)
+    return {
+        "top1_agreement": float(top1.mean()),
+        "top5_agreement": float(top5.mean()),
+        "kl_divergence": float(kl.mean()),
+    }

@@ -38,6 +38,10 @@ def _zoo_arg_problems(name: str, args: dict) -> list[str]:
                 f"{where}: {name!r} has no option {key!r}{did_you_mean(key, opts)}; options: {', '.join(opts)}"
             )
             continue
+        if hints.get(key) is bool:
+            if not isinstance(value, bool):
+                problems.append(f"{where}: expected true or false, got {value!r}")
+            continue
         wants_int = hints.get(key) is int
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or (wants_int and not isinstance(value, int)):

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pare.errors import UnsupportedModelError
+from pare.models.efficientnet import EfficientNetLite0
 
 
 def _need_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -243,7 +244,14 @@ class GPT(nn.Module):
         return self.head(self.ln(self.blocks(x)))
 
 
-ZOO = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "transformer": Transformer, "gpt": GPT}
+ZOO = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "resnet": ResNet,
+    "transformer": Transformer,
+    "gpt": GPT,
+    "efficientnet_lite0": EfficientNetLite0,  # ImageNet-pretrained (pretrained: true)
+}
 
 # Ranges of the zoo's options (inclusive; dropout below 1): what ``pare validate`` accepts.
 # Combinations that are in range but too large (cnn depth 12 doubles the width 12 times) are

@@ -336,11 +336,17 @@ def compare(
         y, outputs, ref, n_boot=evaluate.bootstrap, confidence=evaluate.confidence, seed=seed
     )
     out.update({k: v for k, v in paired.items() if v is not None})
+    if np.shape(outputs) == np.shape(ref):  # a distilled encoder may embed in fewer dimensions
+        out.update(task.agreement(outputs, ref))  # fidelity to the baseline's outputs, labels or not
     cost, base = record["cost"], baseline["cost"]
     out["size_ratio"] = base["size_bytes"] / cost["size_bytes"] if cost["size_bytes"] else None
     out["params_ratio"] = base["params"] / cost["params"] if cost["params"] else None
     out["flops_ratio"] = base["flops"] / cost["flops"] if cost["flops"] else None
-    runtime = cost["runtime"]
+    for runtime, lat in cost["latency"].items():  # each runtime against itself, at batch 1
+        base_lat = base["latency"].get(runtime, {})
+        if "batch_1" in lat and "batch_1" in base_lat:
+            out[f"latency_ratio_{runtime}"] = base_lat["batch_1"]["p50"] / lat["batch_1"]["p50"]
+    runtime = cost["runtime"]  # the runtime that runs what the stage ships, at every batch size
     lat, base_lat = cost["latency"].get(runtime), base["latency"].get(runtime)
     if lat and base_lat:
         out["latency_runtime"] = runtime

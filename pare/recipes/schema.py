@@ -118,6 +118,9 @@ class EvalConfig:
     latency_batch: int = param(64, ge=1, le=4096)
     latency_repeats: int = param(50, ge=5, le=10_000)
     onnx: bool = True
+    # warn when a stage's validation headline is this much worse than the baseline's (the task's
+    # unit: accuracy points, or percent of perplexity); null: no warning
+    warn_drop: float | None = param(1.0, ge=0)
     # a pretrained causal LM: every stage continues these prompts (greedy, KV cache), timed
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     max_new_tokens: int = param(32, ge=1, le=4096)

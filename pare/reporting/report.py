@@ -15,7 +15,7 @@ from pare.io import atomic_write_text, inside, load_predictions
 from pare.metrics import roc_curves
 from pare.reporting import plots
 from pare.reporting.format import fmt_bytes, fmt_count, fmt_delta, fmt_metric, fmt_ms
-from pare.reporting.summary import NAMES, header, summary_rows
+from pare.reporting.summary import NAMES, header, stage_warnings, summary_rows
 from pare.reporting.summary import metric_names as summary_metric_names
 from pare.tasks import get_task
 
@@ -57,9 +57,11 @@ def _overview(results: dict, plot_dir: Path) -> list[tuple]:
             "p",
             "Quality on the test split with bootstrap 95 % intervals; Δ is the paired difference to the baseline "
             "on the same samples. Ratios are baseline ÷ stage (higher is better). Latency is the median at "
-            "batch 1 in the stage's runtime.",
+            "batch 1, in torch and in ONNX Runtime, each against the baseline in the same runtime; *ships* names "
+            "the runtime of the stage's artifact (a quantized stage's torch latency is pare's simulation of it).",
         ),
         ("table", header(results), summary_rows(results)),
+        *[("p", f"**Warning**, {name}: {text}") for name, text in stage_warnings(results)],
         ("img", plots.pareto_plot(points, label, plot_dir / "pareto.png"), f"{label} against artifact size"),
     ]
 
@@ -113,6 +115,13 @@ def _quality(results: dict, out: Path, plot_dir: Path) -> list[tuple]:
                 c = s.get("comparison", {})
                 row.append(_with_ci(c, "kl_divergence", "{:.4f}"))
                 row.append(_with_ci(c, "same_top_token", "{:.2%}"))
+        if any("top5_agreement" in s.get("comparison", {}) for s in stages[1:]):  # fidelity to the baseline
+            titles += ["top-1 / top-5 agreement with baseline", "KL divergence to baseline"]
+            for row, s in zip(deltas, stages[1:]):
+                c = s.get("comparison", {})
+                agree = c.get("top5_agreement") is not None
+                row.append(f"{c['top1_agreement']:.2%} / {c['top5_agreement']:.2%}" if agree else "—")
+                row.append(f"{c['kl_divergence']:.4f}" if agree else "—")
         blocks.append(("table", ["stage", *titles], deltas))
     return blocks + _class_blocks(results, out, plot_dir) + _fold_blocks(results)
 

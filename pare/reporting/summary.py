@@ -13,7 +13,18 @@ NAMES = {
     "recall_at_10": "Recall@10",
     "mrr": "MRR",
 }
-COST_HEADER = ["params", "size", "size ×", "FLOPs", "FLOPs ×", "latency b1", "latency ×", "runtime"]
+# latency at batch 1 in each runtime, each against the baseline in the same runtime; "ships":
+# the runtime of the stage's artifact (a quantized stage's torch column times pare's simulation)
+RUNTIMES = {"torch": "torch", "onnxruntime": "ORT"}
+COST_HEADER = [
+    "params",
+    "size",
+    "size ×",
+    "FLOPs",
+    "FLOPs ×",
+    *[h for short in RUNTIMES.values() for h in (f"{short} b1", f"{short} ×")],
+    "ships",
+]
 
 
 def metric_names(results: dict) -> list[str]:
@@ -44,12 +55,30 @@ def summary_rows(results: dict) -> list[list[str]]:
                 fmt_ratio(cmp.get("size_ratio")) if cmp else "1.00x",
                 fmt_count(c["flops"]),
                 fmt_ratio(cmp.get("flops_ratio")) if cmp else "1.00x",
-                fmt_ms(c["latency_ms_p50"]),
-                fmt_ratio(cmp.get("latency_ratio")) if cmp else "1.00x",
+                *[cell for runtime in RUNTIMES for cell in _latency(c, cmp, runtime)],
                 c["runtime"],
             ]
         )
     return rows
+
+
+def _latency(cost: dict, cmp: dict, runtime: str) -> tuple[str, str]:
+    """Batch-1 p50 in ``runtime`` and the baseline's over it ("-": not measured there)."""
+    lat = cost["latency"].get(runtime, {}).get("batch_1")
+    if lat is None:
+        return "-", "-"
+    return fmt_ms(lat["p50"]), fmt_ratio(cmp.get(f"latency_ratio_{runtime}")) if cmp else "1.00x"
+
+
+def stage_warnings(results: dict) -> list[tuple[str, str]]:
+    """``(stage, warning)`` for every stage that lost more than it should have (the runner's
+    validation check, or the technique's own)."""
+    out = []
+    for s in results["stages"]:
+        text = s.get("warning") or (s.get("info") or {}).get("warning")
+        if text:
+            out.append((s["name"], text))
+    return out
 
 
 def print_summary(results: dict) -> None:
@@ -61,9 +90,11 @@ def print_summary(results: dict) -> None:
 
     table = Table(title=f"pare: {results['recipe']['name']} on {results['task']['dataset']} (test split)")
     for h in header(results):
-        table.add_column(h, justify="left" if h in ("stage", "runtime") else "right", no_wrap=True)
+        table.add_column(h, justify="left" if h in ("stage", "ships") else "right", no_wrap=True)
     for row in summary_rows(results):
         table.add_row(*row)
     console.print(table)
+    for name, text in stage_warnings(results):
+        console.print(f"[yellow]warning: {name}: {text}[/]")
     for note in (results["stages"][0].get("diagnosis") or {}).get("notes", []):
         console.print(f"[yellow]baseline {note}[/]")

@@ -10,6 +10,7 @@ from pare.metrics import (
     bootstrap_deltas,
     classification_details,
     classification_metrics,
+    fidelity,
     majority_accuracy,
 )
 from pare.tasks.base import Evaluation, Task, batched
@@ -85,7 +86,7 @@ class Classification(Task):
         return Evaluation(metrics, classification_details(y, outputs, classes), y, outputs)
 
     def agreement(self, outputs, reference, prefix=""):
-        return {f"{prefix}top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean())}
+        return {f"{prefix}{k}": v for k, v in fidelity(outputs, reference).items()}
 
     def paired(self, y, outputs, reference, *, n_boot=1000, confidence=0.95, seed=0):
         if not n_boot:

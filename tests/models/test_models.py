@@ -9,7 +9,7 @@ from pare.models.config import ModelConfig
 IMAGE, VECTOR = (1, 8, 8), (30,)
 
 
-@pytest.mark.parametrize("name", sorted(set(ZOO) - {"gpt"}))
+@pytest.mark.parametrize("name", sorted(set(ZOO) - {"gpt", "efficientnet_lite0"}))  # test_efficientnet.py
 def test_zoo_models_map_images_to_logits(name):
     model = build_model(ModelConfig(name=name), IMAGE, 10)
     assert model(torch.randn(3, *IMAGE)).shape == (3, 10)

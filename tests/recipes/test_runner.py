@@ -62,16 +62,40 @@ def test_run_writes_results_report_and_compares_stages(tmp_path, fast_recipe):
     assert cmp["accuracy_delta_ci95"][0] <= cmp["accuracy_delta"] <= cmp["accuracy_delta_ci95"][1]
     assert cmp["size_ratio"] == pytest.approx(1.0, abs=0.01)  # zeros stored densely do not shrink the file
     assert {"flops_ratio", "latency_ratio", "latency_ratio_batch_16"} <= set(cmp)
+    # each runtime against the baseline in that runtime; fidelity to the baseline's outputs
+    assert cmp["latency_ratio_torch"] == pytest.approx(
+        base["cost"]["latency"]["torch"]["batch_1"]["p50"]
+        / sparse["cost"]["latency"]["torch"]["batch_1"]["p50"]
+    )
+    assert "latency_ratio_onnxruntime" in cmp and 0.5 <= cmp["top1_agreement"] <= cmp["top5_agreement"] <= 1
+    assert cmp["kl_divergence"] >= 0
+    assert sparse["val_drop"] == pytest.approx(100 * (base["val_metric"] - sparse["val_metric"]))
     # the stage worked on a copy: the baseline's saved weights have no zeroed matrix
     weights = load_file(tmp_path / base["artifact"])
     assert all((w != 0).float().mean() > 0.95 for k, w in weights.items() if w.dim() > 1)
     # the report: tables and embedded plots
     md = (tmp_path / "report.md").read_text()
+    assert "| torch b1 | torch × | ORT b1 | ORT × | ships |" in md
     assert "| sparse |" in md and "(plots/pareto.png)" in md and f"commit {prov['commit'][:10]}" in md
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and 'src="http' not in page
     for plot in ("training.png", "roc.png", "pareto.png", "confusion-baseline.png"):
         assert (tmp_path / "plots" / plot).stat().st_size > 1000
+
+
+def test_a_stage_that_loses_more_than_warn_drop_on_validation_is_flagged(tmp_path, fast_recipe, capsys):
+    wrecked = {"technique": "zero_smallest", "name": "wrecked", "fraction": 0.97, "finetune_epochs": 0}
+    results = pare.run(fast_recipe(stages=[wrecked]), tmp_path)
+    base, stage = results["stages"]
+    assert stage["val_drop"] > 1.0 and "warning" not in base
+    assert stage["warning"].startswith(f"lost {stage['val_drop']:.2f} validation points of accuracy")
+    assert "evaluate.warn_drop: 1.0" in stage["warning"]
+    assert f"wrecked: {stage['warning']}" in " ".join(capsys.readouterr().err.split())  # said as it ran
+    assert f"**Warning**, wrecked: {stage['warning']}" in (tmp_path / "report.md").read_text()
+    quiet = pare.run(
+        fast_recipe(stages=[wrecked], evaluate={"warn_drop": None}), tmp_path / "q", report=False
+    )
+    assert "warning" not in quiet["stages"][1] and quiet["stages"][1]["val_drop"] > 1.0
 
 
 def test_stage_shipping_an_onnx_artifact_is_measured_in_onnxruntime(tmp_path, fast_recipe):

@@ -4,8 +4,8 @@
 convolution, wraps the chosen Conv2d/Linear layers, and puts an activation quantizer on the
 model input and on the output of every computing node (convolution, linear, addition,
 concatenation, pooling to a vector). When a computing node feeds only a ReLU, the quantizer goes
-after the ReLU instead; once calibrated, that range starts at 0, so the quantizer's clamp is the
-ReLU and the ReLU is removed (``finalize``). The model's output stays float. This is the layout ONNX Runtime fuses into int8
+after the ReLU (or ReLU6) instead; once calibrated, that range starts at 0 (and ends at or below
+6), so the quantizer's clamps are the ReLU's and the ReLU is removed (``finalize``). The model's output stays float. This is the layout ONNX Runtime fuses into int8
 kernels (QLinearConv, QLinearAdd, ...); pass-through ops (pooling, flatten) need no quantizer.
 """
 
@@ -25,7 +25,8 @@ from pare.techniques.quantize.layers import ActQuant, QuantLayer
 from pare.techniques.quantize.observers import Observer
 
 _COMPUTE_FUNCTIONS = {operator.add, torch.add, torch.cat, torch.mean, F.adaptive_avg_pool2d}
-_RELU_FUNCTIONS = {F.relu, torch.relu}
+_RELU_FUNCTIONS = {F.relu: float("inf"), torch.relu: float("inf"), F.relu6: 6.0}  # -> upper clamp
+_RELU_MODULES = {nn.ReLU: float("inf"), nn.ReLU6: 6.0}
 
 
 def trace(model: nn.Module, what: str) -> fx.GraphModule:
@@ -39,15 +40,22 @@ def trace(model: nn.Module, what: str) -> fx.GraphModule:
         ) from None
 
 
-def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _relu_top(gm: fx.GraphModule, node: fx.Node) -> float | None:
+    """The upper clamp of a ReLU (inf) or ReLU6 (6) node; None for any other node."""
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), nn.ReLU)
-    return node.op == "call_function" and node.target in _RELU_FUNCTIONS
+        return _RELU_MODULES.get(type(gm.get_submodule(node.target)))
+    return _RELU_FUNCTIONS.get(node.target) if node.op == "call_function" else None
+
+
+def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return _relu_top(gm, node) is not None
 
 
 def _is_compute(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), QuantLayer | nn.AdaptiveAvgPool2d)
+        # a zero pad gets its own quantizer: ONNX Runtime fuses Pad only between QDQ pairs, and
+        # a float Pad between a DequantizeLinear and a Conv keeps that Conv out of int8
+        return isinstance(gm.get_submodule(node.target), QuantLayer | nn.AdaptiveAvgPool2d | nn.ZeroPad2d)
     return node.op == "call_function" and node.target in _COMPUTE_FUNCTIONS
 
 
@@ -100,7 +108,10 @@ def remove_redundant_relus(gm: fx.GraphModule) -> fx.GraphModule:
             continue
         user = next(iter(node.users))
         quant = gm.get_submodule(user.target) if user.op == "call_module" else None
-        if isinstance(quant, ActQuant) and quant.zero_point == 0:  # its clamp at 0 is the ReLU
+        if not isinstance(quant, ActQuant) or quant.zero_point != 0:
+            continue
+        top = quant.scale * (2**quant.bits - 1)  # the largest value the quantizer passes
+        if top <= _relu_top(gm, node) * (1 + 1e-6):  # its clamps at 0 (and at top) are the ReLU's
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
