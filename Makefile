@@ -56,7 +56,7 @@ test: lint
 
 # full runs, one after the other (never two at once: they time on the same two cores), then
 # the README's tables from their JSON; commit the tree first, or the results record it as dirty
-BENCHMARKS := quantization pruning distillation transformers memory llm llm_pruning
+BENCHMARKS := quantization pruning distillation transformers memory vision llm llm_pruning
 bench: $(STAMP)
 	set -e; for b in $(BENCHMARKS); do $(PY) benchmarks/$$b.py --out benchmarks/results/$$b.json; done
 	$(PY) benchmarks/tables.py

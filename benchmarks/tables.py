@@ -393,6 +393,49 @@ def llm_pruning(r: dict) -> str:
 
 
 # table name -> (results file stem, renderer)
+def vision(r: dict) -> str:
+    rows = []
+    for row in r["rows"]:
+        lat = row["latency_ms_by_batch"]
+        torch_ms, ort_ms = lat.get("torch", {}), lat.get("onnxruntime", {})
+        rows.append(
+            [
+                row["name"],
+                tool(row),
+                ci(row["metrics"]["accuracy"], row["metrics"].get("accuracy_ci95")),
+                num(row["macs_ratio"]),
+                size(row["size_bytes"]),
+                num(row["size_ratio"]),
+                row["runtime"],
+                num(torch_ms.get("batch_1")),
+                num(torch_ms.get("batch_8")),
+                num(ort_ms.get("batch_1")),
+                num(ort_ms.get("batch_8")),
+                num(row.get("speedup_ort_batch_8")),
+            ]
+        )
+    header = ["variant", "tool", "accuracy [95 % CI]", "MACs ×", "bytes", "size ×", "ships in"]
+    header += ["torch b1 ms", "torch b8 ms", "ORT b1 ms", "ORT b8 ms", "ORT ×, b8 (paired)"]
+    return md_table(header, rows) + "\n\n" + targets_table(r)
+
+
+def vision_photos(r: dict) -> str:
+    rows = [
+        [
+            p["name"],
+            tool(p),
+            f"{len(p['photographs'])} photographs, {p['views']} views, {p['image_size']} px",
+            f"{p['top1_agreement']:.4f}",
+            f"{p['top5_agreement']:.4f}",
+            f"{p['kl_divergence']:.4f}",
+        ]
+        for p in r["photos"]
+    ]
+    return md_table(
+        ["ImageNet head in int8", "tool", "scored on", "top-1 agreement", "top-5 agreement", "KL"], rows
+    )
+
+
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "quantization": ("quantization", quantization),
     "pruning": ("pruning", pruning),
@@ -403,6 +446,8 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "memory": ("memory", memory),
     "llm": ("llm", llm),
     "llm-pruning": ("llm_pruning", llm_pruning),
+    "vision": ("vision", vision),
+    "vision-photos": ("vision", vision_photos),
 }
 
 

@@ -108,7 +108,16 @@ def digits_split():
 # The benchmark smoke runs, longest first as measured on one thread (make test's workers). They
 # are handed out first, so that the two workers finish together instead of one running the
 # longest alone at the end; a new benchmark goes first until it is placed here.
-SMOKE_RUN_ORDER = ["llm_pruning", "llm", "transformers", "quantization", "pruning", "memory", "distillation"]
+SMOKE_RUN_ORDER = [
+    "llm_pruning",
+    "llm",
+    "transformers",
+    "vision",
+    "quantization",
+    "pruning",
+    "memory",
+    "distillation",
+]
 
 
 def pytest_collection_modifyitems(config, items):

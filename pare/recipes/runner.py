@@ -23,7 +23,6 @@ from pathlib import Path
 
 from pare.cost.artifact import stage_cost
 from pare.errors import ConfigError
-from pare.evaluate import validation_metrics
 from pare.io import (
     atomic_write_json,
     digest,
@@ -230,7 +229,7 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
         "info": built[0].info,
         "digests": folder_digests(folder),  # what --resume checks before it reuses the stage
     }
-    _validation_drop(record, built[0], splits[0], baseline, task, ev.warn_drop)
+    _validation_drop(record, built[0], baseline, task, ev.warn_drop)
     if baseline is None:
         diagnosis = task.diagnose(built[0].model, splits[0])
         if diagnosis is not None:
@@ -240,15 +239,14 @@ def _measure(recipe: Recipe, index: int, built: list[Built], splits, out: Path, 
     return record, evals
 
 
-def _validation_drop(record: dict, built: Built, split, baseline, task, warn_drop: float | None) -> None:
-    """Record the headline metric on validation (fold 0) and, against the baseline's, the drop;
-    warn when a stage lost more than ``evaluate.warn_drop`` (unless its technique already did)."""
-    if not len(split.val):
+def _validation_drop(record: dict, built: Built, baseline, task, warn_drop: float | None) -> None:
+    """The stage's drop of the validation headline from the baseline's (``val_drop``) and, above
+    ``evaluate.warn_drop``, a warning (unless its technique already gave one with its remedy)."""
+    value = record.get("val_metrics", {}).get(task.headline)
+    base = None if baseline is None else baseline[0].get("val_metrics", {}).get(task.headline)
+    if value is None or base is None:
         return
-    record["val_metric"] = validation_metrics(built.model, split)[task.headline]
-    if baseline is None or baseline[0].get("val_metric") is None:
-        return
-    record["val_drop"] = drop = task.drop(baseline[0]["val_metric"], record["val_metric"])
+    record["val_drop"] = drop = task.drop(base, value)
     if warn_drop is not None and drop > warn_drop and not (built.info or {}).get("warning"):
         record["warning"] = (
             f"lost {drop:.2f} validation {task.drop_unit} of {task.headline} against the baseline "
