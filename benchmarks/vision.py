@@ -55,7 +55,7 @@ def recipe(quick: bool) -> dict:
     if quick:  # every stage, on a few hundred 32x32 images and one epoch each
         spec["data"].update(max_samples=700, image_size=[32, 32])
         spec["train"]["epochs"] = 1
-        spec["evaluate"].update(latency_repeats=5, bootstrap=100)
+        spec["evaluate"]["latency_repeats"] = 5
         for stage in spec["stages"]:
             if "epochs" in stage:
                 stage["epochs"] = 1
@@ -223,25 +223,24 @@ def main():
         print(f"recipe: {time.perf_counter() - t0:.0f} s", flush=True)
         rows = stage_rows(results, work / "run")
         by = {r["name"]: r for r in rows}
-        split = recipe_splits(load_recipe(spec))[0]
+        resolved = load_recipe(spec)  # every option, defaults included
+        split = recipe_splits(resolved)[0]
         X, y = split.test.X, split.test.y.numpy()
 
         # ONNX Runtime's quantizer: the baseline's fp32 graph, pare's calibration rows
         fp32 = Path(by["fp32"]["artifact"]).with_name("model.onnx")
         t0 = time.perf_counter()
-        config = QuantizeConfig(
-            **{k: v for k, v in spec["stages"][0].items() if k in ("mode", "range_method")}
-        )
-        calib = calibration_batches(SimpleNamespace(split=split, seed=spec["seed"]), config)
+        int8_config = next(st.config for st in resolved.stages if st.name == "int8")
+        calib = calibration_batches(SimpleNamespace(split=split, seed=resolved.seed), int8_config)
         peer = ort_quantize_static(fp32, calib, work / "ort-static.onnx")
-        lat = ort_latency(peer, X, spec["evaluate"]["latency_repeats"])
+        lat = ort_latency(peer, X, resolved.evaluate.latency_repeats)
         base_lat = by["fp32"]["latency_ms_by_batch"]["onnxruntime"]
         rows.append(
             {
                 "name": "ort-quantize_static",
                 "tool": "onnxruntime",
                 "metrics": accuracy(
-                    y, softmax(onnx_predict(ort_session(peer), X.numpy())), spec["evaluate"]["bootstrap"]
+                    y, softmax(onnx_predict(ort_session(peer), X.numpy())), resolved.evaluate.bootstrap
                 ),
                 "size_bytes": peer.stat().st_size,
                 "size_ratio": by["fp32"]["size_bytes"] / peer.stat().st_size,
