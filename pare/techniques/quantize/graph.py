@@ -53,9 +53,7 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 def _is_compute(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
-        # a zero pad gets its own quantizer: ONNX Runtime fuses Pad only between QDQ pairs, and
-        # a float Pad between a DequantizeLinear and a Conv keeps that Conv out of int8
-        return isinstance(gm.get_submodule(node.target), QuantLayer | nn.AdaptiveAvgPool2d | nn.ZeroPad2d)
+        return isinstance(gm.get_submodule(node.target), QuantLayer | nn.AdaptiveAvgPool2d)
     return node.op == "call_function" and node.target in _COMPUTE_FUNCTIONS
 
 
