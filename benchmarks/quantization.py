@@ -22,13 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _common as bench  # noqa: E402
+import _onnxruntime_peers as ort_peers  # noqa: E402
 
 import pare  # noqa: E402
 from pare.cost import latency_table  # noqa: E402
 from pare.cost.profile import batch_of  # noqa: E402
 from pare.evaluate import predict_proba, softmax  # noqa: E402
 from pare.export import export_onnx, onnx_latency, onnx_predict, ort_session  # noqa: E402
-from pare.metrics import bootstrap_cis  # noqa: E402
 from pare.models.config import ModelConfig  # noqa: E402
 from pare.recipes.context import StageContext  # noqa: E402
 from pare.recipes.schema import DataConfig, TrainConfig  # noqa: E402
@@ -71,11 +71,6 @@ def variants(quick: bool) -> list[tuple[str, QuantizeConfig]]:
     return out
 
 
-def accuracy_with_ci(y, proba, n_boot):
-    ci = bootstrap_cis(y, proba, n_boot=n_boot, metrics=("accuracy",))["accuracy_ci95"]
-    return {"accuracy": float((proba.argmax(1) == y).mean()), "accuracy_ci95": ci}
-
-
 def ort_measure(path, split, repeats):
     session = ort_session(path)
     proba = softmax(onnx_predict(session, split.test.X.numpy()))
@@ -94,34 +89,11 @@ def torch_measure(model, split, repeats):
 
 def peers(fp32_path: Path, calib: list[torch.Tensor], work: Path) -> dict[str, Path]:
     """ONNX Runtime's own quantizers on the same fp32 graph and calibration samples."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"input": b.numpy()} for b in calib])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    pre = work / "peer-pre.onnx"
-    quant_pre_process(str(fp32_path), str(pre))
-    static, dynamic = work / "peer-static.onnx", work / "peer-dynamic.onnx"
-    quantize_static(
-        str(pre),
-        str(static),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
+    pre = ort_peers.preprocessed(fp32_path, work / "peer-pre.onnx")
+    static = ort_peers.quantize_static(pre, calib, work / "peer-static.onnx")
+    dynamic = work / "peer-dynamic.onnx"
     quantize_dynamic(str(pre), str(dynamic), weight_type=QuantType.QInt8)
     return {"ort-quantize_static": static, "ort-quantize_dynamic": dynamic}
 
@@ -146,7 +118,7 @@ def run_model(key: str, spec: dict, quick: bool, work: Path) -> list[dict]:
     base_bytes = fp32_path.stat().st_size
     proba, base_ort = ort_measure(fp32_path, split, repeats)
     _, base_torch = torch_measure(model, split, repeats)
-    fp32 = accuracy_with_ci(y, proba, n_boot)
+    fp32 = ort_peers.accuracy_with_ci(y, proba, n_boot)
     elapsed = time.perf_counter() - start
     rows = [
         bench.row(
@@ -247,7 +219,7 @@ def paired_latency_ratio(path_a: Path, path_b: Path, sample: torch.Tensor, batch
 
 
 def _row(name, key, tool, y, proba, n_boot, path, base_bytes, runtime, lat, base_lat, seconds, **extra):
-    metrics = accuracy_with_ci(y, proba, n_boot)
+    metrics = ort_peers.accuracy_with_ci(y, proba, n_boot)
     size = Path(path).stat().st_size
     return bench.row(
         name, key, tool, metrics, size, base_bytes, runtime, lat, base_lat[runtime], seconds, **extra

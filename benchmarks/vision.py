@@ -31,14 +31,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _common as bench  # noqa: E402
+import _onnxruntime_peers as ort_peers  # noqa: E402
 
 import pare  # noqa: E402
-from pare.cost.profile import batch_of, time_calls  # noqa: E402
+from pare.cost.profile import batch_of  # noqa: E402
 from pare.data import Part, Split  # noqa: E402
 from pare.data.photos import photo_batch  # noqa: E402
 from pare.evaluate import softmax  # noqa: E402
-from pare.export import export_onnx, onnx_predict, ort_session  # noqa: E402
-from pare.metrics import bootstrap_cis, fidelity  # noqa: E402
+from pare.export import export_onnx, onnx_latency, onnx_predict, ort_session  # noqa: E402
+from pare.metrics import fidelity  # noqa: E402
 from pare.models.config import ModelConfig  # noqa: E402
 from pare.recipes import builtin_recipes  # noqa: E402
 from pare.recipes.pipeline import recipe_splits  # noqa: E402
@@ -64,53 +65,11 @@ def recipe(quick: bool) -> dict:
     return spec
 
 
-def ort_quantize_static(fp32: Path, calib: list[torch.Tensor], out: Path) -> Path:
-    """ONNX Runtime's static quantizer on ``fp32`` with the given calibration batches."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"input": b.numpy()} for b in calib])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
-    quantize_static(
-        str(pre),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return out
-
-
 def paired(path_a: Path, path_b: Path, X: torch.Tensor, batch: int, rounds: int) -> float:
     """Time of ``path_b`` over time of ``path_a`` in ONNX Runtime (above 1: ``a`` is faster)."""
     a, b = ort_session(path_a, spinning=False), ort_session(path_b, spinning=False)
     x = batch_of(X, batch).numpy()
     return bench.paired_ratio(lambda: b.run(None, {"input": x}), lambda: a.run(None, {"input": x}), rounds)
-
-
-def paired_torch(model_a, model_b, X: torch.Tensor, batch: int, rounds: int) -> float:
-    x = batch_of(X, batch)
-    model_a.eval(), model_b.eval()
-
-    def run(m):
-        with torch.inference_mode():
-            m(x)
-
-    return bench.paired_ratio(lambda: run(model_b), lambda: run(model_a), rounds)
 
 
 def stage_rows(results: dict, run_dir: Path) -> list[dict]:
@@ -146,22 +105,6 @@ def stage_rows(results: dict, run_dir: Path) -> list[dict]:
     return rows
 
 
-def accuracy(y: np.ndarray, proba: np.ndarray, n_boot: int) -> dict:
-    out = {"accuracy": float((proba.argmax(1) == y).mean())}
-    if n_boot:
-        out["accuracy_ci95"] = bootstrap_cis(y, proba, n_boot=n_boot, metrics=("accuracy",))["accuracy_ci95"]
-    return out
-
-
-def ort_latency(path: Path, X: torch.Tensor, repeats: int) -> dict:
-    session = ort_session(path)
-    out = {}
-    for b in BATCHES:
-        x = batch_of(X, b).numpy()
-        out[f"batch_{b}"] = time_calls(lambda x=x: session.run(None, {"input": x}), repeats=repeats)["p50"]
-    return out
-
-
 def photo_fidelity(quick: bool, work: Path) -> list[dict]:
     """pare's int8 and ORT's on the ImageNet head, against fp32, leave-photographs-out."""
     size = 96 if quick else 224
@@ -172,6 +115,7 @@ def photo_fidelity(quick: bool, work: Path) -> list[dict]:
     fp32 = work / "imagenet-fp32.onnx"
     export_onnx(model, X[:1], fp32)
     reference = softmax(onnx_predict(ort_session(fp32), X.numpy()))
+    pre = ort_peers.preprocessed(fp32, work / "imagenet-fp32.pre.onnx")  # once for every fold
     probs = {"pare": np.zeros_like(reference), "onnxruntime": np.zeros_like(reference)}
     folds = 1 if quick else PHOTO_FOLDS
     scored = np.zeros(len(X), dtype=bool)
@@ -195,7 +139,7 @@ def photo_fidelity(quick: bool, work: Path) -> list[dict]:
         calib = calibration_batches(
             SimpleNamespace(split=split, seed=0), QuantizeConfig(calibration_samples=len(calib_X))
         )
-        peer = ort_quantize_static(fp32, calib, work / f"photos-{fold}-ort.onnx")
+        peer = ort_peers.quantize_static(pre, calib, work / f"photos-{fold}-ort.onnx")
         probs["onnxruntime"][test] = softmax(onnx_predict(ort_session(peer), X[test].numpy()))
         scored |= test
     held_out = sorted(set(np.array(sources)[scored]))
@@ -232,15 +176,19 @@ def main():
         t0 = time.perf_counter()
         int8_config = next(st.config for st in resolved.stages if st.name == "int8")
         calib = calibration_batches(SimpleNamespace(split=split, seed=resolved.seed), int8_config)
-        peer = ort_quantize_static(fp32, calib, work / "ort-static.onnx")
-        lat = ort_latency(peer, X, resolved.evaluate.latency_repeats)
+        peer = ort_peers.quantize_static(
+            ort_peers.preprocessed(fp32, work / "fp32.pre.onnx"), calib, work / "ort-static.onnx"
+        )
+        session = ort_session(peer)
+        timed = onnx_latency(session, X, BATCHES, resolved.evaluate.latency_repeats)
+        lat = {k: v["p50"] for k, v in timed.items()}
         base_lat = by["fp32"]["latency_ms_by_batch"]["onnxruntime"]
         rows.append(
             {
                 "name": "ort-quantize_static",
                 "tool": "onnxruntime",
-                "metrics": accuracy(
-                    y, softmax(onnx_predict(ort_session(peer), X.numpy())), resolved.evaluate.bootstrap
+                "metrics": ort_peers.accuracy_with_ci(
+                    y, softmax(onnx_predict(session, X.numpy())), resolved.evaluate.bootstrap
                 ),
                 "size_bytes": peer.stat().st_size,
                 "size_ratio": by["fp32"]["size_bytes"] / peer.stat().st_size,
